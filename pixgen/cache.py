@@ -1,0 +1,28 @@
+"""Where pixgen keeps downloaded files, and whether it may download at all.
+
+Nothing here touches the disk: the directory is created by whoever writes into it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import platformdirs
+
+HOME_ENV = "PIXGEN_HOME"
+OFFLINE_ENV = "PIXGEN_OFFLINE"
+_TRUE_WORDS = frozenset({"1", "true", "yes"})
+
+
+def cache_dir() -> Path:
+    """Return the cache directory: ``$PIXGEN_HOME`` if set, else the platform user cache dir."""
+    override = os.environ.get(HOME_ENV, "").strip()
+    if override:
+        return Path(override).expanduser()
+    return Path(platformdirs.user_cache_dir("pixgen"))
+
+
+def is_offline() -> bool:
+    """Return True when ``$PIXGEN_OFFLINE`` is "1", "true" or "yes" (any case)."""
+    return os.environ.get(OFFLINE_ENV, "").strip().lower() in _TRUE_WORDS

@@ -1,0 +1,184 @@
+"""Run configuration: a typed schema, presets layered on it, and one-line validation errors.
+
+Layers, lowest first: the dataclass defaults < a preset < a user config file < ``--set key=value``
+overrides < explicit CLI flags. Presets are YAML data, never code.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from pixgen.errors import ConfigError
+
+PRESET_DIR = Path(__file__).parent / "presets"
+DEFAULT_PRESET = "default"
+OPTIMIZERS = ("adam", "adamw", "sgd")
+INITS = ("random", "image", "pixels", "gradient", "perlin")
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+@dataclass
+class RunConfig:
+    """Everything that decides what a run produces. Same names as the CLI flags and preset keys."""
+
+    prompt: str = ""  # text prompts "text:weight:stop", several joined with "|"
+    image_prompts: list[str] = field(default_factory=list)  # image files "path[:weight[:stop]]"
+    size: list[int] = field(default_factory=lambda: [256, 256])  # output width, height in pixels
+    steps: int = 300  # optimisation steps
+    seed: int | None = None  # None draws a seed, which is then recorded with the output
+    optimizer: str = "adam"  # one of OPTIMIZERS
+    lr: float = 0.1  # learning rate
+    cut_count: int = 32  # cutouts per step and CLIP model
+    cut_pow: float = 1.0  # cutout size distribution: rand ** cut_pow
+    cut_min_scale: float = 1.0  # smallest cutout as a fraction of min(side, CLIP input size)
+    augment_flip: bool = True  # random horizontal flips of cutouts
+    augment_rotate: float = 0.0  # maximum cutout rotation, degrees
+    augment_noise: float = 0.0  # maximum std of Gaussian noise added to cutouts
+    init: str = "random"  # one of INITS
+    init_image: str | None = None  # image file for init "image" (setting it implies that init)
+    init_weight: float = 0.0  # weight of MSE(z, z_init): keeps the image near its start
+    vqgan: str = "shapes-vqgan"  # registry name or local checkpoint file(s)
+    clip: list[str] = field(default_factory=lambda: ["shapes-clip"])  # one or more CLIP models
+    device: str = "auto"  # auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps
+    precision: str = "fp32"  # autocast precision of the models: fp32, bf16, fp16
+    save_every: int = 50  # save a progress frame every N steps (0: no frames)
+    gif: bool = True  # write a progress GIF of the frames
+    gif_fps: float = 10.0  # frames per second of the progress GIF
+
+
+FIELD_NAMES = tuple(f.name for f in fields(RunConfig))
+
+
+def list_presets() -> list[str]:
+    """Names of the bundled presets."""
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def preset_path(name: str) -> Path:
+    """A bundled preset's file, or ``name`` itself when it is a YAML file path."""
+    candidate = Path(name)
+    if candidate.suffix in (".yaml", ".yml") and candidate.is_file():
+        return candidate
+    path = PRESET_DIR / f"{name}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"unknown preset {name!r}; available: {', '.join(list_presets())}")
+    return path
+
+
+def read_yaml_mapping(path: Path, what: str) -> dict[str, Any]:
+    """Read a YAML file that must hold a mapping (a preset or config file)."""
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as err:
+        raise ConfigError(f"cannot read {what} {path}: {err.strerror}") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{what} {path}{where} is not valid YAML") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{what} {path} must be a mapping of settings, not {type(data).__name__}")
+    return {k: v for k, v in data.items() if k != "description"}
+
+
+def preset_description(name: str) -> str:
+    """The ``description`` line of a preset, or an empty string."""
+    data = yaml.safe_load(preset_path(name).read_text(encoding="utf-8")) or {}
+    return str(data.get("description", ""))
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Parse one ``key=value`` override; the value is read as YAML (``steps=10``, ``clip=[a,b]``)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {text!r} must look like key=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def _unknown_key_error(key: str, source: str) -> ConfigError:
+    close = difflib.get_close_matches(key, FIELD_NAMES, n=3)
+    hint = f" (did you mean {', '.join(close)}?)" if close else f"; valid keys: {', '.join(FIELD_NAMES)}"
+    return ConfigError(f"unknown setting {key!r} in {source}{hint}")
+
+
+def _merge_layer(base, layer: dict[str, Any], source: str):
+    for key in layer:
+        if key not in FIELD_NAMES:
+            raise _unknown_key_error(str(key), source)
+    try:
+        return OmegaConf.merge(base, layer)
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None) or "?"
+        value = layer.get(str(key).split(".")[0].split("[")[0], "?")
+        raise ConfigError(f"invalid value {value!r} for {key!r} in {source}: "
+                          f"{_type_hint(str(key))}") from None
+
+
+def _type_hint(key: str) -> str:
+    kinds = {f.name: f.type for f in fields(RunConfig)}
+    kind = str(kinds.get(key.split(".")[0].split("[")[0], "a valid value"))
+    return f"expected {kind.replace('Optional[', 'optional ').rstrip(']')}"
+
+
+def resolve_config(preset: str = DEFAULT_PRESET, config_file: Path | None = None,
+                   overrides: list[str] = (), flags: dict[str, Any] | None = None) -> RunConfig:
+    """Layer defaults < preset < config file < ``--set`` overrides < flags, then validate."""
+    merged = OmegaConf.structured(RunConfig)
+    merged = _merge_layer(merged, read_yaml_mapping(preset_path(preset), "preset"), f"preset {preset!r}")
+    if config_file is not None:
+        merged = _merge_layer(merged, read_yaml_mapping(Path(config_file), "config file"),
+                              f"config file {config_file}")
+    for text in overrides:
+        key, value = parse_override(text)
+        merged = _merge_layer(merged, {key: value}, f"--set {text}")
+    explicit = {k: v for k, v in (flags or {}).items() if v is not None}
+    merged = _merge_layer(merged, explicit, "the command line")
+    config = RunConfig(**OmegaConf.to_container(merged))
+    validate(config)
+    return config
+
+
+def validate(config: RunConfig) -> None:
+    """Range and choice checks that types alone cannot express; raises ConfigError."""
+    def need(ok: bool, key: str, rule: str) -> None:
+        if not ok:
+            raise ConfigError(f"invalid value {getattr(config, key)!r} for {key!r}: {rule}")
+
+    need(len(config.size) == 2 and all(s >= 8 for s in config.size), "size",
+         "expected [width, height], each at least 8 pixels")
+    need(config.steps >= 1, "steps", "must be at least 1")
+    need(config.seed is None or 0 <= config.seed < 2**63, "seed", "must be between 0 and 2**63 - 1")
+    need(config.optimizer in OPTIMIZERS, "optimizer", f"must be one of {', '.join(OPTIMIZERS)}")
+    need(config.lr > 0, "lr", "must be positive")
+    need(config.cut_count >= 1, "cut_count", "must be at least 1")
+    need(config.cut_pow > 0, "cut_pow", "must be positive")
+    need(0 < config.cut_min_scale <= 1, "cut_min_scale", "must be in (0, 1]")
+    need(0 <= config.augment_rotate <= 180, "augment_rotate", "must be between 0 and 180 degrees")
+    need(config.augment_noise >= 0, "augment_noise", "must not be negative")
+    need(config.init in INITS, "init", f"must be one of {', '.join(INITS)}")
+    need(config.init != "image" or bool(config.init_image), "init",
+         "init 'image' needs init_image (--init-image PATH)")
+    need(config.init_weight >= 0, "init_weight", "must not be negative")
+    need(bool(config.clip), "clip", "needs at least one CLIP model")
+    need(config.precision in PRECISIONS, "precision", f"must be one of {', '.join(PRECISIONS)}")
+    need(config.save_every >= 0, "save_every", "must not be negative (0 turns frames off)")
+    need(config.gif_fps > 0, "gif_fps", "must be positive")
+    need(bool(config.prompt.strip()) or bool(config.image_prompts), "prompt",
+         "give a text prompt or at least one image prompt")
+
+
+def config_to_yaml(config: RunConfig) -> str:
+    """The resolved config as YAML, in field order (written beside and into every output)."""
+    return yaml.safe_dump(OmegaConf.to_container(OmegaConf.structured(config)), sort_keys=False)

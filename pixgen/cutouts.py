@@ -1,0 +1,64 @@
+"""Random cutouts with augmentation, all drawn as one batched affine resample.
+
+Every cutout is an affine map (scale, offset, rotation, flip) from the CLIP input square to
+the image, so one ``affine_grid`` + ``grid_sample`` call produces every cut: no loop per cut.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class CutoutSpec:
+    """How to cut and augment: sizes follow ``rand ** cut_pow``; augmentations are per cut."""
+
+    cut_count: int = 32  # cutouts per step
+    cut_size: int = 224  # side of each cutout, the CLIP model's input size
+    cut_pow: float = 1.0  # >1 favours small cuts (detail), <1 favours large cuts (composition)
+    flip: bool = True  # random horizontal flips
+    rotate: float = 0.0  # maximum rotation in degrees, either way
+    noise: float = 0.0  # maximum std of per-cut Gaussian pixel noise
+    min_scale: float = 1.0  # smallest cut, as a fraction of min(image side, cut_size)
+
+
+def cutout_thetas(height: int, width: int, spec: CutoutSpec,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+    """Affine matrices (N, 2, 3) mapping each cutout's [-1, 1]² to image coordinates."""
+    n, side = spec.cut_count, min(height, width)
+    min_size = min(side, spec.cut_size) * spec.min_scale
+    rand = torch.rand(n, 5, generator=generator)
+    size = rand[:, 0].pow(spec.cut_pow) * (side - min_size) + min_size
+    center_x = size / 2 + rand[:, 1] * (width - size)
+    center_y = size / 2 + rand[:, 2] * (height - size)
+    angle = (rand[:, 3] * 2 - 1) * math.radians(spec.rotate)
+    flip = torch.where(rand[:, 4] < 0.5, -1.0, 1.0) if spec.flip else torch.ones(n)
+    cos, sin = angle.cos() * size / 2, angle.sin() * size / 2
+    theta = torch.empty(n, 2, 3)
+    theta[:, 0, 0] = cos * flip * 2 / width
+    theta[:, 0, 1] = -sin * 2 / width
+    theta[:, 1, 0] = sin * flip * 2 / height
+    theta[:, 1, 1] = cos * 2 / height
+    theta[:, 0, 2] = center_x * 2 / width - 1
+    theta[:, 1, 2] = center_y * 2 / height - 1
+    return theta
+
+
+def make_cutouts(image: torch.Tensor, spec: CutoutSpec,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+    """One image (1, 3, H, W) in [0, 1] -> augmented cutouts (N, 3, cut_size, cut_size)."""
+    _, channels, height, width = image.shape
+    theta = cutout_thetas(height, width, spec, generator).to(image)
+    grid = F.affine_grid(theta, [spec.cut_count, channels, spec.cut_size, spec.cut_size],
+                         align_corners=False)
+    cuts = F.grid_sample(image.expand(spec.cut_count, -1, -1, -1), grid,
+                         mode="bilinear", padding_mode="reflection", align_corners=False)
+    if spec.noise > 0:
+        scale = torch.rand(spec.cut_count, 1, 1, 1, generator=generator) * spec.noise
+        noise = torch.randn(cuts.shape, generator=generator) * scale
+        cuts = cuts + noise.to(cuts)
+    return cuts

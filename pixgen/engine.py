@@ -1,0 +1,170 @@
+"""The optimisation loop: VQGAN latents pulled towards the prompts by CLIP, as a generator.
+
+``generate`` yields a :class:`Step` after every optimiser step and does no I/O: callers decide
+what to save or print. Each step: quantise z (straight-through) -> decode -> clamp to [0, 1]
+-> cutouts + augmentations -> CLIP embeddings -> spherical-distance loss per prompt -> Adam
+step -> clamp z to the codebook's per-channel range.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from pixgen.config import RunConfig
+from pixgen.cutouts import CutoutSpec, make_cutouts
+from pixgen.inits import INIT_METHODS
+from pixgen.models.clip import CLIPScorer
+from pixgen.models.vqgan import VQGAN
+from pixgen.ops import clamp_to_codebook, latent_mse, prompt_loss, to_unit_range, vector_quantize
+from pixgen.prompts import Prompt, parse_prompts
+
+OPTIMIZERS = {
+    "adam": lambda params, lr: torch.optim.Adam(params, lr=lr),
+    "adamw": lambda params, lr: torch.optim.AdamW(params, lr=lr),
+    "sgd": lambda params, lr: torch.optim.SGD(params, lr=lr, momentum=0.9),
+}
+PRECISION_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class Models:
+    """The loaded models a run needs, already on ``device``."""
+
+    vqgan: VQGAN
+    clips: list[CLIPScorer]
+    device: torch.device
+
+
+@dataclass
+class Target:
+    """One prompt embedded by one CLIP model."""
+
+    embedding: torch.Tensor  # (D,), unit length
+    weight: float
+    stop: float
+
+
+@dataclass
+class Step:
+    """The state after one optimiser step."""
+
+    step: int  # steps done so far, 1-based
+    loss: float  # total loss of this step
+    losses: list[float]  # per (CLIP model, prompt), in order
+    z: torch.Tensor  # the latents after the step
+    vqgan: VQGAN = field(repr=False)
+    checkpoint: dict[str, Any] = field(repr=False, default_factory=dict)  # for resuming
+
+    def image(self) -> torch.Tensor:
+        """The current image, (1, 3, H, W) in [0, 1] on the CPU."""
+        with torch.no_grad():
+            return synth(self.z, self.vqgan).float().cpu()
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed python, numpy and torch, and return the generator every engine draw uses."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def latent_grid(size: list[int], vqgan: VQGAN) -> tuple[int, int]:
+    """Latent (height, width) for an output of ``size`` = [width, height], rounding down to f."""
+    f = vqgan.config.downsample_factor
+    return max(size[1] // f, 1), max(size[0] // f, 1)
+
+
+def synth(z: torch.Tensor, vqgan: VQGAN) -> torch.Tensor:
+    """Latents -> image in [0, 1] via nearest-code quantisation (straight-through)."""
+    return to_unit_range(vqgan.decode(vector_quantize(z, vqgan.codebook)))
+
+
+def embed_targets(clip: CLIPScorer, prompts: list[Prompt],
+                  images: dict[str, torch.Tensor]) -> list[Target]:
+    """Embed text and image prompts with one CLIP model."""
+    targets = []
+    for prompt in prompts:
+        if prompt.is_image:
+            with torch.no_grad():
+                image = clip.prepare_image(images[prompt.source].to(clip.mean))
+                embedding = clip.encode_image(image)[0]
+        else:
+            embedding = clip.encode_text([prompt.source])[0]
+        targets.append(Target(embedding, prompt.weight, prompt.stop))
+    return targets
+
+
+def clip_losses(image: torch.Tensor, clip: CLIPScorer, targets: list[Target],
+                spec: CutoutSpec, generator: torch.Generator) -> list[torch.Tensor]:
+    """One loss per target: cutouts of ``image`` embedded by ``clip`` against each target."""
+    cuts = make_cutouts(image, spec, generator)
+    embeds = clip.encode_image(cuts)
+    return [prompt_loss(embeds, t.embedding, t.weight, t.stop) for t in targets]
+
+
+def cutout_spec(config: RunConfig, clip: CLIPScorer) -> CutoutSpec:
+    """The cutout settings of a run, sized for one CLIP model."""
+    return CutoutSpec(cut_count=config.cut_count, cut_size=clip.image_size, cut_pow=config.cut_pow,
+                      flip=config.augment_flip, rotate=config.augment_rotate,
+                      noise=config.augment_noise, min_scale=config.cut_min_scale)
+
+
+def _autocast(device: torch.device, precision: str):
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=PRECISION_DTYPES[precision])
+
+
+def generate(config: RunConfig, models: Models, *, init_image: torch.Tensor | None = None,
+             prompt_images: dict[str, torch.Tensor] | None = None,
+             resume: dict[str, Any] | None = None) -> Iterator[Step]:
+    """Optimise VQGAN latents towards the prompts; yield a :class:`Step` after every step.
+
+    ``config.seed`` must be set. ``prompt_images`` maps each image prompt's path to its pixels,
+    (1, 3, H, W) in [0, 1]; ``resume`` is a ``Step.checkpoint`` to continue from.
+    """
+    from pixgen.prompts import parse_image_prompts
+
+    generator = seed_everything(config.seed)
+    vqgan, device = models.vqgan, models.device
+    prompts = parse_prompts(config.prompt) + parse_image_prompts(config.image_prompts)
+    targets = [embed_targets(clip, prompts, prompt_images or {}) for clip in models.clips]
+    specs = [cutout_spec(config, clip) for clip in models.clips]
+
+    grid = latent_grid(config.size, vqgan)
+    image = init_image.to(device) if init_image is not None else None
+    z = INIT_METHODS[config.init](vqgan, grid, generator, image).to(device).float()
+    z_init = z.detach().clone()
+    z.requires_grad_(True)
+    optimizer = OPTIMIZERS[config.optimizer]([z], config.lr)
+    first = 0
+    if resume is not None:
+        with torch.no_grad():
+            z.copy_(resume["z"])
+        optimizer.load_state_dict(resume["optimizer"])
+        generator.set_state(resume["generator"])
+        first = int(resume["step"])
+
+    for step in range(first, config.steps):
+        optimizer.zero_grad(set_to_none=True)
+        with _autocast(device, config.precision):
+            image = synth(z, vqgan)
+            losses = [loss for clip, t, spec in zip(models.clips, targets, specs, strict=True)
+                      for loss in clip_losses(image, clip, t, spec, generator)]
+        if config.init_weight > 0:
+            losses.append(latent_mse(z, z_init, config.init_weight))
+        total = torch.stack([loss.float() for loss in losses]).sum()
+        total.backward()
+        optimizer.step()
+        clamp_to_codebook(z, vqgan.codebook)
+        checkpoint = {"step": step + 1, "z": z.detach().cpu().clone(),
+                      "optimizer": optimizer.state_dict(), "generator": generator.get_state()}
+        yield Step(step + 1, float(total), [float(loss) for loss in losses], z.detach(), vqgan, checkpoint)

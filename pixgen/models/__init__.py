@@ -1,0 +1,1 @@
+"""Model wrappers: the VQGAN image decoder and the CLIP scorer."""

@@ -1,0 +1,40 @@
+"""CLIP scorer on open_clip: embeds prompts and images with the model's own preprocessing."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class CLIPScorer(nn.Module):
+    """An open_clip model plus the image size and mean/std its weights were trained with."""
+
+    def __init__(self, model: nn.Module, tokenizer, name: str,
+                 mean: Sequence[float], std: Sequence[float]):
+        super().__init__()
+        self.model = model.eval().requires_grad_(False)
+        self.tokenizer = tokenizer
+        self.name = name
+        size = model.visual.image_size
+        self.image_size = int(size[0] if isinstance(size, (tuple, list)) else size)
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
+
+    def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
+        """Unit-length text embeddings, (len(texts), D)."""
+        tokens = self.tokenizer(list(texts)).to(self.mean.device)
+        with torch.no_grad():
+            return F.normalize(self.model.encode_text(tokens).float(), dim=-1)
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        """Images in [0, 1] at ``image_size`` (B, 3, S, S) -> unit-length embeddings (B, D)."""
+        normalized = (images - self.mean) / self.std
+        return F.normalize(self.model.encode_image(normalized).float(), dim=-1)
+
+    def prepare_image(self, images: torch.Tensor) -> torch.Tensor:
+        """Resize any image batch in [0, 1] to the model's input size (for image prompts)."""
+        return F.interpolate(images, size=(self.image_size, self.image_size),
+                             mode="bicubic", align_corners=False).clamp(0, 1)

@@ -1,0 +1,221 @@
+"""Build models from registry names or local files: the one path every checkpoint takes."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import nn
+
+from pixgen.downloads import sha256_file
+from pixgen.errors import CheckpointError, ChecksumMismatch, ModelNotAvailable, UnknownModel
+from pixgen.models.clip import CLIPScorer
+from pixgen.models.vqgan import VQGAN, VQGANConfig, generation_weights
+from pixgen.registry import ModelEntry, Registry
+from pixgen.safe_load import load_state_dict
+
+VQGAN_METADATA_KEY = "pixgen_vqgan"  # safetensors metadata: the VQGANConfig as JSON
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass
+class Loaded:
+    """A loaded model with the facts recorded in every output's metadata."""
+
+    module: nn.Module
+    name: str  # registry name or the local file given
+    sha256: str  # of the weights file loaded
+
+
+def load_matching(module: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Load ``state`` strictly; the error names the first missing, extra or mis-shaped key."""
+    expected = module.state_dict()
+    for key, tensor in expected.items():
+        if key not in state:
+            raise CheckpointError(f"{source} does not match its architecture: missing weight {key!r}")
+        if state[key].shape != tensor.shape:
+            raise CheckpointError(
+                f"{source} does not match its architecture: {key!r} has shape "
+                f"{tuple(state[key].shape)}, expected {tuple(tensor.shape)}")
+    extra = [key for key in state if key not in expected]
+    if extra:
+        raise CheckpointError(f"{source} does not match its architecture: unexpected weight {extra[0]!r}")
+    module.load_state_dict({k: state[k].to(expected[k].dtype) for k in expected})
+
+
+def verified_sha256(path: Path, expected: str | None) -> str:
+    """Hash a weights file and check it against the registry's value."""
+    actual = sha256_file(path)
+    if expected and actual != expected:
+        raise ChecksumMismatch(f"{path} has sha256 {actual}, but the registry expects {expected}; "
+                               "the file is corrupt or was replaced")
+    return actual
+
+
+# --- VQGAN -------------------------------------------------------------------------------------
+
+def read_vqgan_config(path: Path) -> VQGANConfig:
+    """Read a taming model YAML (``model.params.ddconfig`` ...)."""
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        return VQGANConfig.from_taming(data)
+    except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(f"{path} is not a taming VQGAN config ({err})") from None
+
+
+def safetensors_vqgan_config(path: Path) -> VQGANConfig | None:
+    """The VQGANConfig stored in a pixgen safetensors file's metadata, if any."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        text = (handle.metadata() or {}).get(VQGAN_METADATA_KEY)
+    return VQGANConfig.from_dict(json.loads(text)) if text else None
+
+
+def _config_beside(weights: Path) -> VQGANConfig:
+    if weights.suffix == ".safetensors":
+        config = safetensors_vqgan_config(weights)
+        if config is not None:
+            return config
+    for candidate in (weights.with_suffix(".yaml"), weights.parent.parent / "configs" / "model.yaml"):
+        if candidate.is_file():
+            return read_vqgan_config(candidate)
+    raise UnknownModel(f"no VQGAN config found for {weights}: put its taming YAML beside it "
+                       f"as {weights.with_suffix('.yaml').name}, or pass --vqgan CONFIG.yaml,{weights}")
+
+
+def build_vqgan(config: VQGANConfig, weights: Path, source: str) -> VQGAN:
+    """Build a VQGAN and load its generation weights from ``weights``."""
+    model = VQGAN(config)
+    load_matching(model, generation_weights(load_state_dict(weights)), source)
+    return model.eval().requires_grad_(False)
+
+
+def _local_vqgan(spec: str) -> tuple[VQGANConfig, Path]:
+    if "," in spec:
+        config_text, weights_text = (part.strip() for part in spec.split(",", 1))
+        config_path, weights = Path(config_text), Path(weights_text)
+        if not config_path.is_file():
+            raise UnknownModel(f"VQGAN config {config_path} does not exist")
+        if not weights.is_file():
+            raise UnknownModel(f"VQGAN checkpoint {weights} does not exist")
+        return read_vqgan_config(config_path), weights
+    path = Path(spec)
+    if path.suffix in (".yaml", ".yml"):
+        return read_vqgan_config(path), path.with_suffix(".ckpt")
+    return _config_beside(path), path
+
+
+def load_vqgan(spec: str, registry: Registry) -> Loaded:
+    """A VQGAN from a registry name, ``CONFIG.yaml,CHECKPOINT``, or a checkpoint/safetensors file."""
+    if registry.has("vqgan", spec):
+        entry = registry.get("vqgan", spec)
+        weights = _available_weights(entry)
+        expected = entry.bundled.sha256 if entry.bundled else None
+        sha = verified_sha256(weights, expected)
+        config = (VQGANConfig.from_dict(entry.architecture) if entry.architecture
+                  else _config_beside(weights))
+        return Loaded(build_vqgan(config, weights, f"{entry.name} ({weights.name})"), spec, sha)
+    if not Path(spec.split(",")[-1].strip()).exists() and not Path(spec).exists():
+        registry.get("vqgan", spec)  # raises UnknownModel listing the registered names
+    config, weights = _local_vqgan(spec)
+    if not weights.is_file():
+        raise UnknownModel(f"VQGAN checkpoint {weights} does not exist")
+    return Loaded(build_vqgan(config, weights, str(weights)), spec, sha256_file(weights))
+
+
+def _available_weights(entry: ModelEntry) -> Path:
+    weights = entry.weights_path()
+    if weights is None:
+        if entry.bundled is not None:
+            raise ModelNotAvailable(f"bundled {entry.kind} model {entry.name!r} is missing from the "
+                                    f"package ({entry.bundled.path}); reinstall pixgen")
+        raise ModelNotAvailable(f"{entry.kind} model {entry.name!r} is not downloaded; "
+                                f"run: pixgen models download {entry.name}")
+    return weights
+
+
+# --- CLIP --------------------------------------------------------------------------------------
+
+def _open_clip_model(arch: str) -> tuple[nn.Module, Any]:
+    import open_clip
+
+    if arch not in open_clip.list_models():
+        raise UnknownModel(f"unknown open_clip architecture {arch!r}; see open_clip.list_models()")
+    model = open_clip.create_model(arch, pretrained=None)
+    return model, open_clip.get_tokenizer(arch)
+
+
+def _custom_clip_model(config_path: Path) -> tuple[nn.Module, Any, tuple, tuple]:
+    import open_clip
+
+    try:
+        config = json.loads(Path(config_path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"cannot read open_clip config {config_path} ({err})") from None
+    preprocess = config.pop("preprocess_cfg", {})
+    model = open_clip.CLIP(**{k: v for k, v in config.items() if k != "custom_text"})
+    context = config["text_cfg"].get("context_length", 77)
+    tokenizer = open_clip.SimpleTokenizer(context_length=context)
+    mean = tuple(preprocess.get("mean", OPENAI_MEAN))
+    std = tuple(preprocess.get("std", OPENAI_STD))
+    return model, tokenizer, mean, std
+
+
+def _pretrained_mean_std(arch: str, tag: str | None) -> tuple[tuple, tuple]:
+    import open_clip
+
+    cfg = open_clip.get_pretrained_cfg(arch, tag) if tag else {}
+    return tuple(cfg.get("mean", OPENAI_MEAN)), tuple(cfg.get("std", OPENAI_STD))
+
+
+def _clip_state(weights: Path) -> dict[str, torch.Tensor]:
+    state = load_state_dict(weights)
+    # open_clip training checkpoints prefix every key with "module." (DistributedDataParallel).
+    if state and all(key.startswith("module.") for key in state):
+        state = {key[len("module."):]: value for key, value in state.items()}
+    return state
+
+
+def build_clip(model: nn.Module, tokenizer, weights: Path, name: str,
+               mean: tuple, std: tuple) -> CLIPScorer:
+    """Load open_clip weights into ``model`` and wrap it as a scorer."""
+    state = _clip_state(weights)
+    load_matching(model, state, f"{name} ({weights.name})")
+    return CLIPScorer(model, tokenizer, name, mean, std)
+
+
+def load_clip(spec: str, registry: Registry) -> Loaded:
+    """A CLIP scorer from a registry name, ``ARCH:WEIGHTS`` (open_clip name + file) or ``CONFIG.json``."""
+    if registry.has("clip", spec):
+        entry = registry.get("clip", spec)
+        weights = _available_weights(entry)
+        sha = verified_sha256(weights, entry.bundled.sha256 if entry.bundled else None)
+        if entry.config is not None:
+            model, tokenizer, mean, std = _custom_clip_model(entry.config)
+        else:
+            model, tokenizer = _open_clip_model(entry.model)
+            mean, std = _pretrained_mean_std(entry.model, entry.pretrained)
+        return Loaded(build_clip(model, tokenizer, weights, spec, mean, std), spec, sha)
+    path = Path(spec)
+    if path.suffix == ".json" and path.is_file():
+        weights = path.with_suffix(".safetensors")
+        if not weights.is_file():
+            raise UnknownModel(f"CLIP weights {weights} (beside {path.name}) do not exist")
+        model, tokenizer, mean, std = _custom_clip_model(path)
+        return Loaded(build_clip(model, tokenizer, weights, spec, mean, std), spec, sha256_file(weights))
+    arch, sep, file_text = spec.partition(":")
+    if sep and Path(file_text).is_file():
+        model, tokenizer = _open_clip_model(arch)
+        mean, std = _pretrained_mean_std(arch, None)
+        weights = Path(file_text)
+        return Loaded(build_clip(model, tokenizer, weights, spec, mean, std), spec, sha256_file(weights))
+    if sep:
+        raise UnknownModel(f"CLIP weights file {file_text} does not exist")
+    registry.get("clip", spec)  # raises UnknownModel listing the registered names
+    raise AssertionError("unreachable")

@@ -1,0 +1,73 @@
+"""Writing results: PNGs with their recipe in text chunks, frames, and progress GIFs, atomically."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, PngImagePlugin
+
+
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it replaces ``path`` in one rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
+    os.close(handle)
+    try:
+        yield Path(temp)
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write a text file atomically."""
+    with atomic_path(path) as temp:
+        temp.write_text(text, encoding="utf-8")
+
+
+def to_pixels(image) -> np.ndarray:
+    """A (1, 3, H, W) or (3, H, W) tensor in [0, 1] -> (H, W, 3) uint8 array."""
+    array = image.detach().float().cpu().numpy()
+    if array.ndim == 4:
+        array = array[0]
+    return np.clip(np.rint(array.transpose(1, 2, 0) * 255), 0, 255).astype(np.uint8)
+
+
+def save_png(path: Path, pixels: np.ndarray, text: dict[str, str] | None = None) -> None:
+    """Save (H, W, 3) uint8 pixels as a PNG with ``text`` in tEXt/iTXt chunks, atomically."""
+    info = PngImagePlugin.PngInfo()
+    for key, value in (text or {}).items():
+        info.add_itxt(key, value)
+    with atomic_path(path) as temp:
+        Image.fromarray(pixels).save(temp, format="PNG", pnginfo=info)
+
+
+def read_png_text(path: Path) -> dict[str, str]:
+    """The text chunks of a PNG (the recipe pixgen stored in it)."""
+    with Image.open(path) as image:
+        image.load()
+        return dict(image.text)
+
+
+def save_gif(path: Path, frames: list[np.ndarray], fps: float) -> None:
+    """Write frames as a looping GIF with imageio, atomically."""
+    import imageio.v3 as iio
+
+    with atomic_path(path) as temp:
+        iio.imwrite(temp, np.stack(frames), extension=".gif", duration=1000.0 / fps, loop=0)
+
+
+def save_video(path: Path, frames: list[np.ndarray], fps: float) -> None:
+    """Write frames as an MP4 (needs the ``video`` extra: imageio-ffmpeg)."""
+    import imageio.v3 as iio
+
+    with atomic_path(path) as temp:
+        iio.imwrite(temp, np.stack(frames), extension=".mp4", fps=fps)
