@@ -163,8 +163,9 @@ def generate(config: RunConfig, models: Models, *, init_image: torch.Tensor | No
             losses.append(latent_mse(z, z_init, config.init_weight))
         total = torch.stack([loss.float() for loss in losses]).sum()
         total.backward()
+        total, losses = total.detach(), [loss.detach() for loss in losses]
         optimizer.step()
         clamp_to_codebook(z, vqgan.codebook)
         checkpoint = {"step": step + 1, "z": z.detach().cpu().clone(),
                       "optimizer": optimizer.state_dict(), "generator": generator.get_state()}
-        yield Step(step + 1, float(total), [float(loss) for loss in losses], z.detach(), vqgan, checkpoint)
+        yield Step(step + 1, total.item(), [loss.item() for loss in losses], z.detach(), vqgan, checkpoint)

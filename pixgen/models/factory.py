@@ -204,9 +204,10 @@ def load_clip(spec: str, registry: Registry) -> Loaded:
         return Loaded(build_clip(model, tokenizer, weights, spec, mean, std), spec, sha)
     path = Path(spec)
     if path.suffix == ".json" and path.is_file():
-        weights = path.with_suffix(".safetensors")
-        if not weights.is_file():
-            raise UnknownModel(f"CLIP weights {weights} (beside {path.name}) do not exist")
+        candidates = [path.with_suffix(suffix) for suffix in (".safetensors", ".pt", ".bin")]
+        weights = next((c for c in candidates if c.is_file()), None)
+        if weights is None:
+            raise UnknownModel(f"no CLIP weights beside {path} ({path.stem}.safetensors, .pt or .bin)")
         model, tokenizer, mean, std = _custom_clip_model(path)
         return Loaded(build_clip(model, tokenizer, weights, spec, mean, std), spec, sha256_file(weights))
     arch, sep, file_text = spec.partition(":")

@@ -1,0 +1,247 @@
+"""The ``pixgen`` command: parse, call the library, print. No math here.
+
+Heavy modules (torch, the models) are imported inside commands so ``pixgen --help`` is instant.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+
+import click
+
+from pixgen import __version__
+from pixgen.errors import ConfigError, PixgenError
+
+
+class ConfigProblem(click.ClickException):
+    """A bad setting: one line, exit code 2 (like a usage error)."""
+
+    exit_code = 2
+
+
+def reports_errors(command):
+    """Turn the library's PixgenError into a one-line Click error (no traceback)."""
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except ConfigError as err:
+            raise ConfigProblem(str(err)) from None
+        except PixgenError as err:
+            raise click.ClickException(str(err)) from None
+    return wrapper
+
+
+def parse_size(_ctx, _param, value: str | None) -> list[int] | None:
+    """``256``, ``256x192`` -> [width, height]."""
+    if value is None:
+        return None
+    try:
+        parts = [int(part) for part in value.lower().split("x")]
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not WIDTHxHEIGHT or a single number") from None
+    if len(parts) == 1:
+        parts *= 2
+    if len(parts) != 2 or min(parts) < 8:
+        raise click.BadParameter(f"{value!r}: expected WIDTHxHEIGHT, each at least 8")
+    return parts
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="pixgen")
+def cli() -> None:
+    """pixgen: turn a text prompt into an image with VQGAN+CLIP.
+
+    Works offline on its bundled "shapes world" models; bigger models are one
+    `pixgen models download NAME` away.
+    """
+
+
+def config_options(command):
+    """Options shared by every command that builds a run config."""
+    options = [
+        click.option("-p", "--preset", default="default", show_default=True,
+                     help="Preset name (see `pixgen presets list`) or a preset YAML file."),
+        click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                     help="Your own YAML config, layered over the preset."),
+        click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+                     help="Override any config key, e.g. --set cut_pow=1.5 (repeatable)."),
+        click.option("--seed", type=click.IntRange(min=0), help="Random seed: same seed, same image."),
+        click.option("--steps", type=click.IntRange(min=1), help="Optimisation steps."),
+        click.option("--size", callback=parse_size, help="Output size, WIDTHxHEIGHT or one number."),
+        click.option("--vqgan", help="VQGAN: registry name, CHECKPOINT file or CONFIG.yaml,CHECKPOINT."),
+        click.option("--clip", multiple=True,
+                     help="CLIP model: registry name, ARCH:WEIGHTS or CONFIG.json (repeatable)."),
+        click.option("--lr", type=float, help="Learning rate."),
+        click.option("--optimizer", help="adam, adamw or sgd."),
+        click.option("--cut-count", type=int, help="Cutouts per step."),
+        click.option("--cut-pow", type=float, help="Cutout size power."),
+        click.option("--init", help="Initial image: random, image, pixels, gradient or perlin."),
+        click.option("--init-image", help="Start from this image (sets --init image)."),
+        click.option("--init-weight", type=float, help="Keep the image near its start (MSE weight)."),
+        click.option("--image-prompt", "image_prompts", multiple=True, metavar="PATH[:WEIGHT]",
+                     help="Image to match as well as or instead of text (repeatable)."),
+        click.option("--save-every", type=int, help="Save a progress frame every N steps (0: none)."),
+        click.option("--gif/--no-gif", default=None, help="Write the progress GIF."),
+        click.option("--device", help="auto, cpu, cuda, cuda:N or mps."),
+        click.option("--precision", help="fp32, bf16 or fp16 autocast."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def build_config(prompt: str | None, preset: str, config_file: Path | None, overrides: tuple[str, ...], **flags):
+    """Resolve defaults < preset < config file < --set < explicit flags."""
+    from pixgen.config import resolve_config
+
+    if flags.get("init_image") and not flags.get("init"):
+        flags["init"] = "image"
+    flags["clip"] = list(flags["clip"]) or None
+    flags["image_prompts"] = list(flags["image_prompts"]) or None
+    flags["prompt"] = prompt
+    return resolve_config(preset, config_file, list(overrides), flags)
+
+
+class ProgressBar:
+    """A tqdm bar showing step and loss, on stderr."""
+
+    def __init__(self, total: int, enabled: bool):
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total, unit="step", disable=not enabled, file=sys.stderr, dynamic_ncols=True)
+
+    def __call__(self, step) -> None:
+        self.bar.n = step.step
+        self.bar.set_postfix(loss=f"{step.loss:.4f}", refresh=False)
+        self.bar.refresh()
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def report(result) -> None:
+    """Print where a run's outputs went."""
+    if not result.completed:
+        click.echo(f"Interrupted at step {result.steps_done}; partial results kept in {result.output_dir}. "
+                   f"Continue with: pixgen resume {result.output_dir}", err=True)
+    click.echo(f"image: {result.image_path}")
+    if result.gif_path:
+        click.echo(f"gif:   {result.gif_path}")
+    click.echo(f"seed:  {result.seed}")
+
+
+@cli.command()
+@click.argument("prompt", required=False, default=None)
+@config_options
+@click.option("-o", "--output", type=click.Path(path_type=Path),
+              help="Output folder (default: outputs/<prompt>, numbered if taken).")
+@click.option("--overwrite", is_flag=True, help="Replace outputs already in the output folder.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@reports_errors
+def run(prompt, output, overwrite, quiet, preset, config_file, overrides, **flags) -> None:
+    """Generate an image for PROMPT ("text:weight:stop", several joined with "|").
+
+    Example: pixgen run "a yellow triangle on a purple background" --seed 1
+    """
+    from pixgen.pipeline import run as run_pipeline
+
+    config = build_config(prompt, preset, config_file, overrides, **flags)
+    progress = ProgressBar(config.steps, not quiet)
+    try:
+        result = run_pipeline(config, output, overwrite=overwrite, on_step=progress)
+    finally:
+        progress.close()
+    report(result)
+    if not result.completed:
+        sys.exit(130)
+
+
+@cli.command()
+@click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--steps", type=click.IntRange(min=1), help="New total number of steps.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@reports_errors
+def resume(folder, steps, quiet) -> None:
+    """Continue an interrupted (or finished) run in FOLDER from its saved state.
+
+    Example: pixgen resume outputs/a-red-circle --steps 400
+    """
+    from pixgen.pipeline import resume_run
+
+    progress = ProgressBar(steps or 0, not quiet)
+    try:
+        result = resume_run(folder, steps=steps, on_step=progress)
+    finally:
+        progress.close()
+    report(result)
+    if not result.completed:
+        sys.exit(130)
+
+
+@cli.group()
+def presets() -> None:
+    """List and show the bundled presets."""
+
+
+@presets.command("list")
+@reports_errors
+def presets_list() -> None:
+    """List bundled presets with their descriptions.
+
+    Example: pixgen presets list
+    """
+    from pixgen.config import list_presets, preset_description
+
+    for name in list_presets():
+        click.echo(f"{name:<12} {preset_description(name)}")
+
+
+@presets.command("show")
+@click.argument("name")
+@reports_errors
+def presets_show(name) -> None:
+    """Print a preset's YAML.
+
+    Example: pixgen presets show draft
+    """
+    from pixgen.config import preset_path
+
+    click.echo(preset_path(name).read_text(encoding="utf-8").rstrip())
+
+
+@cli.group()
+def models() -> None:
+    """List, download and verify models."""
+
+
+@models.command("list")
+@reports_errors
+def models_list() -> None:
+    """List registered models and whether each is on disk.
+
+    Example: pixgen models list
+    """
+    from pixgen.config import RunConfig
+    from pixgen.registry import KINDS, load_registry
+
+    registry, defaults = load_registry(), RunConfig()
+    for kind in KINDS:
+        click.echo(f"{kind.upper()} models:")
+        for name in registry.names(kind):
+            entry = registry.get(kind, name)
+            state = "bundled" if entry.bundled else ("downloaded" if entry.is_available else "not downloaded")
+            if entry.bundled and not entry.is_available:
+                state = "missing"
+            mark = "*" if name == defaults.vqgan or name in defaults.clip else " "
+            click.echo(f" {mark} {name:<26} {state:<15} {entry.description}")
+    click.echo("* default: the bundled shapes-world models work offline, with no download. "
+               "For real-world prompts, download a standard VQGAN and CLIP and use "
+               "--preset quality (see `pixgen presets show quality`).")
+
+
+def main() -> None:
+    """Console entry point."""
+    cli(prog_name="pixgen")
