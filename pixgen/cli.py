@@ -106,20 +106,24 @@ def build_config(prompt: str | None, preset: str, config_file: Path | None, over
 
 
 class ProgressBar:
-    """A tqdm bar showing step and loss, on stderr."""
+    """A tqdm bar showing step and loss on stderr, opened at the first step (after model loading)."""
 
-    def __init__(self, total: int, enabled: bool):
-        from tqdm import tqdm
-
-        self.bar = tqdm(total=total, unit="step", disable=not enabled, file=sys.stderr, dynamic_ncols=True)
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self.bar = None
 
     def __call__(self, step) -> None:
-        self.bar.n = step.step
-        self.bar.set_postfix(loss=f"{step.loss:.4f}", refresh=False)
-        self.bar.refresh()
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=step.total, initial=step.step - 1, unit="step", disable=not self.enabled,
+                            file=sys.stderr, dynamic_ncols=True)
+        self.bar.update(step.step - self.bar.n)
+        self.bar.set_postfix(loss=f"{step.loss:.4f}")
 
     def close(self) -> None:
-        self.bar.close()
+        if self.bar is not None:
+            self.bar.close()
 
 
 def report(result) -> None:
@@ -149,7 +153,7 @@ def run(prompt, output, overwrite, quiet, preset, config_file, overrides, **flag
     from pixgen.pipeline import run as run_pipeline
 
     config = build_config(prompt, preset, config_file, overrides, **flags)
-    progress = ProgressBar(config.steps, not quiet)
+    progress = ProgressBar(not quiet)
     try:
         result = run_pipeline(config, output, overwrite=overwrite, on_step=progress)
     finally:
@@ -171,7 +175,7 @@ def resume(folder, steps, quiet) -> None:
     """
     from pixgen.pipeline import resume_run
 
-    progress = ProgressBar(steps or 0, not quiet)
+    progress = ProgressBar(not quiet)
     try:
         result = resume_run(folder, steps=steps, on_step=progress)
     finally:

@@ -56,6 +56,7 @@ class Step:
     """The state after one optimiser step."""
 
     step: int  # steps done so far, 1-based
+    total: int  # steps the run will take in all
     loss: float  # total loss of this step
     losses: list[float]  # per (CLIP model, prompt), in order
     z: torch.Tensor  # the latents after the step
@@ -168,4 +169,4 @@ def generate(config: RunConfig, models: Models, *, init_image: torch.Tensor | No
         clamp_to_codebook(z, vqgan.codebook)
         checkpoint = {"step": step + 1, "z": z.detach().cpu().clone(),
                       "optimizer": optimizer.state_dict(), "generator": generator.get_state()}
-        yield Step(step + 1, total.item(), [loss.item() for loss in losses], z.detach(), vqgan, checkpoint)
+        yield Step(step + 1, config.steps, total.item(), [loss.item() for loss in losses], z.detach(), vqgan, checkpoint)

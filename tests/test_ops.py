@@ -1,0 +1,82 @@
+"""The engine's pure tensor functions."""
+
+import math
+
+import torch
+
+from pixgen.cutouts import CutoutSpec, cutout_thetas, make_cutouts
+from pixgen.ops import clamp_to_codebook, clamp_with_grad, prompt_loss, spherical_distance, vector_quantize
+
+
+def test_vector_quantize_snaps_forward_and_passes_gradient():
+    codebook = torch.tensor([[0.0, 0.0], [1.0, 1.0], [-1.0, 2.0]])
+    z = torch.tensor([[[[0.9]], [[1.2]]], [[[-0.7]], [[1.5]]]], requires_grad=True)  # (2, 2, 1, 1)
+    q = vector_quantize(z, codebook)
+    assert q[0, :, 0, 0].tolist() == [1.0, 1.0] and q[1, :, 0, 0].tolist() == [-1.0, 2.0]
+    q.sum().backward()
+    assert torch.equal(z.grad, torch.ones_like(z))
+
+
+def test_clamp_with_grad_only_passes_gradients_back_into_range():
+    x = torch.tensor([-0.5, 0.5, 1.5, 1.5], requires_grad=True)
+    y = clamp_with_grad(x, 0.0, 1.0)
+    assert y.tolist() == [0.0, 0.5, 1.0, 1.0]
+    y.backward(torch.tensor([1.0, 1.0, 1.0, -1.0]))
+    # below range, grad +1 means descent lowers x further: blocked; above range, +1 lowers x: kept
+    assert x.grad.tolist() == [0.0, 1.0, 1.0, 0.0]
+
+
+def test_spherical_distance_values():
+    u = torch.tensor([[1.0, 0.0]])
+    assert spherical_distance(u, u).item() == 0.0
+    orthogonal = spherical_distance(u, torch.tensor([[0.0, 1.0]])).item()
+    assert math.isclose(orthogonal, 2 * (math.pi / 4) ** 2, rel_tol=1e-6)
+    opposite = spherical_distance(u, torch.tensor([[-1.0, 0.0]])).item()
+    assert math.isclose(opposite, 2 * (math.pi / 2) ** 2, rel_tol=1e-6)
+
+
+def test_prompt_loss_weight_sign_and_stop():
+    embeds = torch.nn.functional.normalize(torch.randn(4, 8), dim=-1).requires_grad_(True)
+    target = torch.nn.functional.normalize(torch.randn(8), dim=0)
+    plain = prompt_loss(embeds, target, 2.0, -math.inf)
+    assert plain.item() > 0
+    assert math.isclose(prompt_loss(embeds, target, -2.0, -math.inf).item(), -plain.item(), rel_tol=1e-6)
+    stopped = prompt_loss(embeds, target, 1.0, stop=100.0)
+    stopped.backward()
+    assert torch.count_nonzero(embeds.grad) == 0  # every distance is below the stop value
+
+
+def test_clamp_to_codebook_is_per_channel():
+    codebook = torch.tensor([[0.0, -1.0], [2.0, 1.0]])
+    z = torch.tensor([[[[5.0]], [[-5.0]]]])
+    clamp_to_codebook(z, codebook)
+    assert z.flatten().tolist() == [2.0, -1.0]
+
+
+def test_cutouts_are_one_batched_op_with_sizes_in_range():
+    spec = CutoutSpec(cut_count=64, cut_size=16, cut_pow=1.0, flip=True, rotate=0.0)
+    theta = cutout_thetas(48, 64, spec, torch.Generator().manual_seed(0))
+    assert theta.shape == (64, 2, 3)
+    width_px = theta[:, 0, 0].abs() * 64  # cut side in pixels (no rotation)
+    assert (width_px >= 16 - 1e-4).all() and (width_px <= 48 + 1e-4).all()
+    assert (theta[:, 0, 0] < 0).any() and (theta[:, 0, 0] > 0).any()  # some flipped
+    # the cut stays inside the image: |centre| + half side <= 1 in normalised coordinates
+    assert (theta[:, 0, 2].abs() + theta[:, 0, 0].abs() <= 1 + 1e-5).all()
+    image = torch.rand(1, 3, 48, 64)
+    cuts = make_cutouts(image, spec, torch.Generator().manual_seed(0))
+    assert cuts.shape == (64, 3, 16, 16)
+
+
+def test_identity_cutout_reproduces_the_image():
+    image = torch.rand(1, 3, 16, 16)
+    spec = CutoutSpec(cut_count=2, cut_size=16, flip=False, rotate=0.0, noise=0.0)
+    cuts = make_cutouts(image, spec, torch.Generator().manual_seed(0))
+    assert torch.allclose(cuts, image.expand(2, -1, -1, -1), atol=1e-5)
+
+
+def test_cutouts_are_reproducible_from_the_generator():
+    image = torch.rand(1, 3, 32, 32)
+    spec = CutoutSpec(cut_count=8, cut_size=16, rotate=15, noise=0.1)
+    a = make_cutouts(image, spec, torch.Generator().manual_seed(3))
+    b = make_cutouts(image, spec, torch.Generator().manual_seed(3))
+    assert torch.equal(a, b)

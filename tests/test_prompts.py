@@ -1,0 +1,38 @@
+"""The prompt grammar."""
+
+import math
+
+import pytest
+
+from pixgen.errors import ConfigError
+from pixgen.prompts import Prompt, parse_image_prompts, parse_prompt, parse_prompts
+
+
+def test_text_weight_stop():
+    assert parse_prompt("a red circle:2:0.5") == Prompt("a red circle", 2.0, 0.5)
+    assert parse_prompt("a red circle:-1") == Prompt("a red circle", -1.0, -math.inf)
+    assert parse_prompt("plain") == Prompt("plain", 1.0, -math.inf)
+
+
+def test_colons_inside_text_are_kept():
+    assert parse_prompt("time: 12:30 pm:3") == Prompt("time: 12:30 pm", 3.0, -math.inf)
+    assert parse_prompt("ratio 16:9") == Prompt("ratio 16", 9.0, -math.inf)  # trailing number is a weight
+    assert parse_prompt("a: b") == Prompt("a: b", 1.0, -math.inf)
+
+
+def test_pipes_split_prompts():
+    prompts = parse_prompts("a red circle | blurry:-0.5 |  | sky:1:0.2")
+    assert [p.source for p in prompts] == ["a red circle", "blurry", "sky"]
+    assert [p.weight for p in prompts] == [1.0, -0.5, 1.0]
+    assert prompts[2].stop == 0.2
+
+
+def test_image_prompts():
+    (prompt,) = parse_image_prompts(["/tmp/cat.png:0.5"])
+    assert prompt == Prompt("/tmp/cat.png", 0.5, -math.inf, is_image=True)
+
+
+@pytest.mark.parametrize("bad", [":2", "text:0", "  "])
+def test_bad_prompts_raise(bad):
+    with pytest.raises(ConfigError):
+        parse_prompt(bad)
