@@ -169,4 +169,5 @@ def generate(config: RunConfig, models: Models, *, init_image: torch.Tensor | No
         clamp_to_codebook(z, vqgan.codebook)
         checkpoint = {"step": step + 1, "z": z.detach().cpu().clone(),
                       "optimizer": optimizer.state_dict(), "generator": generator.get_state()}
-        yield Step(step + 1, config.steps, total.item(), [loss.item() for loss in losses], z.detach(), vqgan, checkpoint)
+        yield Step(step + 1, config.steps, total.item(), [loss.item() for loss in losses],
+                   z.detach(), vqgan, checkpoint)

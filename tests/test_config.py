@@ -37,7 +37,8 @@ def test_bundled_presets_all_validate():
     (["--set", "steps=abc"], "Error: invalid value 'abc' for 'steps' in --set steps=abc: expected int"),
     (["--set", "cut_pow=-1"], "Error: invalid value -1.0 for 'cut_pow': must be positive"),
     (["--set", "optimizer=rmsprop"], "Error: invalid value 'rmsprop' for 'optimizer': must be one of adam, adamw, sgd"),
-    (["--set", "init=image"], "Error: invalid value 'image' for 'init': init 'image' needs init_image (--init-image PATH)"),
+    (["--set", "init=image"],
+     "Error: invalid value 'image' for 'init': init 'image' needs init_image (--init-image PATH)"),
     (["--set", "nonsense"], "Error: override 'nonsense' must look like key=value"),
     (["--preset", "nope"], "Error: unknown preset 'nope'; available: default, draft, imagenet, quality"),
     (["--optimizer", "lbfgs"], "Error: invalid value 'lbfgs' for 'optimizer': must be one of adam, adamw, sgd"),
@@ -75,7 +76,8 @@ def test_preset_with_unknown_key_names_it(tmp_path):
 def test_missing_prompt_is_an_error():
     result = invoke("run")
     assert result.exit_code == 2
-    assert result.output.strip() == "Error: invalid value '' for 'prompt': give a text prompt or at least one image prompt"
+    assert result.output.strip() == ("Error: invalid value '' for 'prompt': "
+                                     "give a text prompt or at least one image prompt")
 
 
 def test_bad_size_flag():

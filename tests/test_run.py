@@ -41,7 +41,7 @@ def test_run_writes_image_frames_gif_and_recipe(tmp_path, tiny_preset):
     assert [m["name"] for m in models] == ["tiny-vqgan", "tiny-clip"]
     assert all(len(m["sha256"]) == 64 for m in models)
     assert yaml.safe_load((out / "run.yaml").read_text()) == recipe
-    assert f"seed:  7" in result.output
+    assert "seed:  7" in result.output
 
 
 def test_same_seed_gives_identical_png_and_other_seed_differs(tmp_path, tiny_preset):
