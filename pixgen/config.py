@@ -42,7 +42,7 @@ class RunConfig:
     augment_rotate: float = 0.0  # maximum cutout rotation, degrees
     augment_noise: float = 0.0  # maximum std of Gaussian noise added to cutouts
     init: str = "random"  # one of INITS
-    init_image: str | None = None  # image file for init "image" (setting it implies that init)
+    init_image: str | None = None  # image file for init "image"
     init_weight: float = 0.0  # weight of MSE(z, z_init): keeps the image near its start
     vqgan: str = "shapes-vqgan"  # registry name or local checkpoint file(s)
     clip: list[str] = field(default_factory=lambda: ["shapes-clip"])  # one or more CLIP models
@@ -129,7 +129,7 @@ def _merge_layer(base, layer: dict[str, Any], source: str):
 def _type_hint(key: str) -> str:
     kinds = {f.name: f.type for f in fields(RunConfig)}
     kind = str(kinds.get(key.split(".")[0].split("[")[0], "a valid value"))
-    return f"expected {kind.replace('Optional[', 'optional ').rstrip(']')}"
+    return f"expected {kind.replace(' | None', ' or null')}"
 
 
 def resolve_config(preset: str = DEFAULT_PRESET, config_file: Path | None = None,
@@ -170,6 +170,8 @@ def validate(config: RunConfig) -> None:
     need(config.init in INITS, "init", f"must be one of {', '.join(INITS)}")
     need(config.init != "image" or bool(config.init_image), "init",
          "init 'image' needs init_image (--init-image PATH)")
+    need(config.init_image is None or config.init == "image", "init_image",
+         f"is set but init is {config.init!r}; set init to 'image' or remove init_image")
     need(config.init_weight >= 0, "init_weight", "must not be negative")
     need(bool(config.clip), "clip", "needs at least one CLIP model")
     need(config.precision in PRECISIONS, "precision", f"must be one of {', '.join(PRECISIONS)}")

@@ -1,0 +1,30 @@
+# Two commands do all the set-up: `make run PROMPT="..."` and `make test`.
+# Both create the virtualenv in .venv on first use and reuse it afterwards.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PROMPT ?= a yellow triangle on a purple background
+ARGS ?=
+
+.PHONY: run test lint bench clean-venv
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[test]"
+	touch $@
+
+run: $(VENV)/.installed
+	$(VENV)/bin/pixgen run "$(PROMPT)" $(ARGS)
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check pixgen tests benchmarks
+
+# pytest exits 5 when it collected no tests: that is a failure here.
+test: $(VENV)/.installed lint
+	$(PY) -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest ran no tests"; exit 1; fi; exit $$rc
+
+bench: $(VENV)/.installed
+	$(PY) benchmarks/step_time.py
+
+clean-venv:
+	rm -rf $(VENV)
