@@ -6,6 +6,7 @@ Heavy modules (torch, the models) are imported inside commands so ``pixgen --hel
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from pathlib import Path
 
@@ -51,12 +52,16 @@ def parse_size(_ctx, _param, value: str | None) -> list[int] | None:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="pixgen")
-def cli() -> None:
+@click.option("--offline", is_flag=True, envvar="PIXGEN_OFFLINE",
+              help="Forbid any network access (also PIXGEN_OFFLINE=1).")
+def cli(offline: bool) -> None:
     """pixgen: turn a text prompt into an image with VQGAN+CLIP.
 
     Works offline on its bundled "shapes world" models; bigger models are one
     `pixgen models download NAME` away.
     """
+    if offline:
+        os.environ["PIXGEN_OFFLINE"] = "1"
 
 
 def config_options(command):
@@ -221,6 +226,16 @@ def models() -> None:
     """List, download and verify models."""
 
 
+def model_state(entry) -> str:
+    """bundled, imported, downloaded, not downloaded, or missing (a bundled file that is gone)."""
+    from pixgen.model_store import is_imported
+
+    if entry.bundled is not None:
+        kind = "imported" if is_imported(entry) else "bundled"
+        return kind if entry.is_available else "missing"
+    return "downloaded" if entry.is_available else "not downloaded"
+
+
 @models.command("list")
 @reports_errors
 def models_list() -> None:
@@ -236,14 +251,113 @@ def models_list() -> None:
         click.echo(f"{kind.upper()} models:")
         for name in registry.names(kind):
             entry = registry.get(kind, name)
-            state = "bundled" if entry.bundled else ("downloaded" if entry.is_available else "not downloaded")
-            if entry.bundled and not entry.is_available:
-                state = "missing"
+            state = model_state(entry)
             mark = "*" if name == defaults.vqgan or name in defaults.clip else " "
             click.echo(f" {mark} {name:<26} {state:<15} {entry.description}")
     click.echo("* default: the bundled shapes-world models work offline, with no download. "
                "For real-world prompts, download a standard VQGAN and CLIP and use "
                "--preset quality (see `pixgen presets show quality`).")
+
+
+def _entries(names: tuple[str, ...]):
+    """Registry entries for NAMES (every registered model when none are given)."""
+    from pixgen.registry import KINDS, load_registry
+
+    registry = load_registry()
+    if not names:
+        return [registry.get(kind, name) for kind in KINDS for name in registry.names(kind)]
+    return [entry for name in names for entry in registry.find(name)]
+
+
+@models.command("download")
+@click.argument("names", nargs=-1, required=True)
+@click.option("--keep-original", is_flag=True, help="Keep the full training checkpoint beside the slim copy.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@reports_errors
+def models_download(names, keep_original, quiet) -> None:
+    """Download models, verify their sha256, and keep a slim copy of VQGANs.
+
+    Example: pixgen models download vqgan_imagenet_f16_16384 ViT-B-32-openai
+    """
+    from pixgen.model_store import download_model
+
+    for entry in _entries(names):
+        for note in download_model(entry, keep_original=keep_original, progress=not quiet):
+            click.echo(f"{entry.name}: {note}")
+        click.echo(f"{entry.name}: ready")
+
+
+@models.command("verify")
+@click.argument("names", nargs=-1)
+@reports_errors
+def models_verify(names) -> None:
+    """Re-hash model files on disk (all models if no NAME is given).
+
+    Example: pixgen models verify vqgan_imagenet_f16_16384
+    """
+    from pixgen.model_store import verify_model
+
+    failed = 0
+    for entry in _entries(names):
+        checks = verify_model(entry)
+        if not checks and names:
+            click.echo(f"{entry.name}: not downloaded")
+        for check in checks:
+            failed += not check.ok
+            click.echo(f"{entry.name}: {'ok' if check.ok else 'FAILED'} {check.path}: {check.detail}")
+    if failed:
+        raise click.ClickException(f"{failed} file(s) failed verification; "
+                                   "remove and download them again (pixgen models remove NAME)")
+
+
+@models.command("path")
+@click.argument("name", required=False)
+@reports_errors
+def models_path(name) -> None:
+    """Print where models are stored (or the weights file of NAME).
+
+    Example: pixgen models path vqgan_imagenet_f16_16384
+    """
+    from pixgen.cache import cache_dir
+
+    if name is None:
+        click.echo(cache_dir())
+        return
+    for entry in _entries((name,)):
+        click.echo(entry.weights_path() or entry.cache_folder)
+
+
+@models.command("remove")
+@click.argument("names", nargs=-1, required=True)
+@reports_errors
+def models_remove(names) -> None:
+    """Delete downloaded or imported models from the cache.
+
+    Example: pixgen models remove wikiart_16384
+    """
+    from pixgen.model_store import remove_model
+
+    for entry in _entries(names):
+        click.echo(f"{entry.name}: removed {remove_model(entry)}")
+
+
+@models.command("import")
+@click.argument("name")
+@click.option("--config", "config_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="The taming model YAML.")
+@click.option("--ckpt", "checkpoint", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="The taming .ckpt (or .safetensors) checkpoint.")
+@reports_errors
+def models_import(name, config_path, checkpoint) -> None:
+    """Import a VQGAN you already have on disk as NAME (a slim fp16 copy in the cache).
+
+    Example: pixgen models import my_vqgan --config model.yaml --ckpt last.ckpt
+    """
+    from pixgen.model_store import import_vqgan
+    from pixgen.registry import load_registry
+
+    slim = import_vqgan(name, config_path, checkpoint, load_registry())
+    click.echo(f"{name}: imported as {slim} ({slim.stat().st_size / 1e6:.1f} MB); use --vqgan {name}")
 
 
 def main() -> None:

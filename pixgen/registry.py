@@ -1,7 +1,8 @@
 """The model registry: ``checkpoints.yaml`` read into typed entries, and where their files live.
 
-The built-in registry ships with the package. ``PIXGEN_REGISTRY`` may name extra YAML files
-(separated by the OS path separator) whose entries are added to, or replace, the built-in ones.
+The built-in registry ships with the package. Models imported with ``pixgen models import`` are
+listed in ``registry.yaml`` in the cache dir, and ``PIXGEN_REGISTRY`` may name extra YAML files
+(separated by the OS path separator); their entries are added to, or replace, the built-in ones.
 """
 
 from __future__ import annotations
@@ -95,6 +96,16 @@ class Registry:
             hint = f"did you mean {', '.join(close)}?" if close else f"available: {', '.join(names)}"
             raise UnknownModel(f"unknown {kind} model {name!r}; {hint}") from None
 
+    def find(self, name: str) -> list[ModelEntry]:
+        """Every entry called ``name``, of any kind; the error suggests close names of every kind."""
+        found = [kinds[name] for kinds in self.entries.values() if name in kinds]
+        if not found:
+            names = [n for kind in KINDS for n in self.names(kind)]
+            close = difflib.get_close_matches(name, names, n=3)
+            hint = f"did you mean {', '.join(close)}?" if close else "see pixgen models list"
+            raise UnknownModel(f"unknown model {name!r}; {hint}")
+        return found
+
     def has(self, kind: str, name: str) -> bool:
         """Whether ``name`` is a registered model of ``kind``."""
         return name in self.entries[kind]
@@ -136,10 +147,12 @@ def read_registry_file(path: Path) -> dict[str, dict[str, ModelEntry]]:
 
 
 def load_registry() -> Registry:
-    """The built-in registry plus any files named by ``PIXGEN_REGISTRY``."""
+    """The built-in registry, models imported into the cache, and files named by ``PIXGEN_REGISTRY``."""
     entries = read_registry_file(BUILTIN_REGISTRY)
-    extra = os.environ.get("PIXGEN_REGISTRY", "")
-    for path in filter(None, extra.split(os.pathsep)):
+    imported = cache_dir() / "registry.yaml"
+    extra = [str(imported)] if imported.is_file() else []
+    extra += os.environ.get("PIXGEN_REGISTRY", "").split(os.pathsep)
+    for path in filter(None, extra):
         for kind, more in read_registry_file(Path(path)).items():
             entries[kind].update(more)
     return Registry(entries)

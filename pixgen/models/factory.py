@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -116,8 +117,7 @@ def load_vqgan(spec: str, registry: Registry) -> Loaded:
     if registry.has("vqgan", spec):
         entry = registry.get("vqgan", spec)
         weights = _available_weights(entry)
-        expected = entry.bundled.sha256 if entry.bundled else None
-        sha = verified_sha256(weights, expected)
+        sha = _checked_hash(entry, weights)
         config = (VQGANConfig.from_dict(entry.architecture) if entry.architecture
                   else _config_beside(weights))
         return Loaded(build_vqgan(config, weights, f"{entry.name} ({weights.name})"), spec, sha)
@@ -127,6 +127,14 @@ def load_vqgan(spec: str, registry: Registry) -> Loaded:
     if not weights.is_file():
         raise UnknownModel(f"VQGAN checkpoint {weights} does not exist")
     return Loaded(build_vqgan(config, weights, str(weights)), spec, sha256_file(weights))
+
+
+def _checked_hash(entry: ModelEntry, weights: Path) -> str:
+    if entry.bundled is not None:
+        return verified_sha256(weights, entry.bundled.sha256)
+    from pixgen.model_store import check_recorded_hash
+
+    return check_recorded_hash(entry, weights)
 
 
 def _available_weights(entry: ModelEntry) -> Path:
@@ -192,10 +200,12 @@ def build_clip(model: nn.Module, tokenizer, weights: Path, name: str,
 
 def load_clip(spec: str, registry: Registry) -> Loaded:
     """A CLIP scorer from a registry name, ``ARCH:WEIGHTS`` (open_clip name + file) or ``CONFIG.json``."""
+    # pixgen fetches weights itself; open_clip must never try a model hub (it retries ~46 s offline).
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if registry.has("clip", spec):
         entry = registry.get("clip", spec)
         weights = _available_weights(entry)
-        sha = verified_sha256(weights, entry.bundled.sha256 if entry.bundled else None)
+        sha = _checked_hash(entry, weights)
         if entry.config is not None:
             model, tokenizer, mean, std = _custom_clip_model(entry.config)
         else:
