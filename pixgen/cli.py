@@ -190,6 +190,41 @@ def resume(folder, steps, quiet) -> None:
         sys.exit(130)
 
 
+@cli.command("eval")
+@config_options
+@click.option("--prompts", "prompts_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Prompts to evaluate, one per line (default: the shapes world's held-out prompts).")
+@click.option("--seeds", type=click.IntRange(min=1), default=2, show_default=True, help="Seeds per prompt.")
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=Path("outputs/eval"), show_default=True,
+              help="Folder for the images, report.json and contact-sheet.png.")
+@click.option("--overwrite", is_flag=True, help="Replace an earlier report in the output folder.")
+@click.option("-q", "--quiet", is_flag=True, help="No per-image lines.")
+@reports_errors
+def eval_command(prompts_file, seeds, output, overwrite, quiet, preset, config_file, overrides, **flags) -> None:
+    """Measure prompt fidelity: generate per prompt and seed, judge with shapes-judge.
+
+    Example: pixgen eval --preset default --seeds 2 -o outputs/eval
+    """
+    from pixgen.evaluate import evaluate, read_prompts
+    from pixgen.shapes.judge import load_judge
+
+    prompts = read_prompts(prompts_file)
+    config = build_config(prompts[0], preset, config_file, overrides, **flags)
+
+    def show(verdict) -> None:
+        if not quiet:
+            mark = "ok   " if all(verdict.correct("judge").values()) else "WRONG"
+            click.echo(f"{mark} {verdict.prompt} (seed {verdict.seed}): judge saw "
+                       f"{' '.join(verdict.judge.values())} [{verdict.seconds:.1f} s]")
+
+    report = evaluate(config, prompts, seeds, output, judge=load_judge(), overwrite=overwrite, on_image=show)
+    for scorer, title in (("judge", "shapes-judge (independent)"), ("guiding_clip", "shapes-clip (guides generation)")):
+        scores = ", ".join(f"{k} {v:.1%}" for k, v in report[scorer].items())
+        click.echo(f"{title}: {scores}")
+    click.echo(f"{report['images']} images, {report['seconds_per_image']:.2f} s per image (median); "
+               f"report: {output / 'report.json'}, contact sheet: {output / 'contact-sheet.png'}")
+
+
 @cli.group()
 def presets() -> None:
     """List and show the bundled presets."""

@@ -1,0 +1,166 @@
+"""Prompt fidelity on the shapes world: generate an image per held-out prompt and seed, then judge it.
+
+The judge (``shapes-judge``) is a supervised CNN that never guides generation. The guiding
+``shapes-clip`` also scores the same images zero-shot, to show how much optimising against a
+model inflates its own opinion.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from pixgen.config import RunConfig
+from pixgen.engine import generate
+from pixgen.errors import InputError, OutputExists
+from pixgen.models.clip import CLIPScorer
+from pixgen.output import atomic_path, atomic_write_text, save_png, to_pixels
+from pixgen.pipeline import load_models, png_text, slugify
+from pixgen.shapes.world import COLOURS, SHAPES, describe, held_out_prompts, parse_caption
+
+ATTRIBUTES = ("shape", "colour", "background")
+REPORT_NAME = "report.json"
+SHEET_NAME = "contact-sheet.png"
+
+
+@dataclass
+class Verdict:
+    """One generated image and what each scorer saw in it."""
+
+    prompt: str
+    seed: int
+    image: str  # path relative to the report folder
+    expected: dict[str, str | None]
+    judge: dict[str, str]
+    clip: dict[str, str]
+    seconds: float
+
+    def correct(self, scorer: str) -> dict[str, bool]:
+        """Per attribute the prompt names: did ``scorer`` ("judge" or "clip") see it?"""
+        seen = getattr(self, scorer)
+        return {a: seen[a] == self.expected[a] for a in ATTRIBUTES if self.expected.get(a)}
+
+
+def read_prompts(path: Path | None) -> list[str]:
+    """Prompts from a file (one per line, # comments), or the held-out prompts of the shapes world."""
+    if path is None:
+        return held_out_prompts()
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as err:
+        raise InputError(f"cannot read prompts file {path}: {err.strerror}") from None
+    prompts = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    if not prompts:
+        raise InputError(f"prompts file {path} holds no prompts")
+    return prompts
+
+
+class ClipClassifier:
+    """Zero-shot (shape, colour, background) by the best-matching full caption."""
+
+    def __init__(self, clip: CLIPScorer):
+        self.clip = clip
+        self.combos = [(s, c, b) for s in SHAPES for c in COLOURS for b in COLOURS if b != c]
+        self.text = clip.encode_text([describe(s, c, b) for s, c, b in self.combos])
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor) -> list[dict[str, str]]:
+        """Images (N, 3, H, W) in [0, 1] -> one attribute dict per image."""
+        embeds = self.clip.encode_image(self.clip.prepare_image(images.to(self.text.device)))
+        best = (embeds @ self.text.T).argmax(dim=1).tolist()
+        return [dict(zip(ATTRIBUTES, self.combos[i], strict=True)) for i in best]
+
+
+def final_image(config: RunConfig, models) -> torch.Tensor:
+    """Run the engine to the end and return the last image, (1, 3, H, W) in [0, 1]."""
+    return deque(generate(config, models), maxlen=1)[0].image()
+
+
+def evaluate(base: RunConfig, prompts: list[str], seeds: int, output_dir: Path, *, judge,
+             overwrite: bool = False, on_image: Callable[[Verdict], None] | None = None) -> dict:
+    """Generate and judge ``len(prompts) * seeds`` images; write images, report.json and a contact sheet."""
+    output_dir = Path(output_dir)
+    if (output_dir / REPORT_NAME).exists() and not overwrite:
+        raise OutputExists(f"{output_dir / REPORT_NAME} exists; pass --overwrite or choose another --output")
+    models, loaded = load_models(base)
+    clip_scorer = ClipClassifier(models.clips[0])
+    verdicts = []
+    for index, prompt in enumerate(prompts):
+        for seed in range(seeds):
+            config = replace(base, prompt=prompt, seed=seed)
+            start = time.perf_counter()
+            image = final_image(config, models)
+            seconds = time.perf_counter() - start
+            name = f"images/{index:03d}-{slugify(prompt, 40)}-s{seed}.png"
+            save_png(output_dir / name, to_pixels(image), png_text(config, loaded, config.steps))
+            verdict = Verdict(prompt, seed, name, parse_caption(prompt), judge.predict(image)[0],
+                              clip_scorer.predict(image)[0], round(seconds, 3))
+            verdicts.append(verdict)
+            if on_image is not None:
+                on_image(verdict)
+    report = summarise(base, verdicts)
+    atomic_write_text(output_dir / REPORT_NAME, json.dumps(report, indent=2))
+    contact_sheet(output_dir, verdicts)
+    return report
+
+
+def accuracy(verdicts: list[Verdict], scorer: str) -> dict[str, float]:
+    """Per-attribute accuracy and the share of images with every named attribute right."""
+    result = {}
+    for attribute in ATTRIBUTES:
+        marks = [v.correct(scorer)[attribute] for v in verdicts if attribute in v.correct(scorer)]
+        if marks:
+            result[attribute] = sum(marks) / len(marks)
+    result["all"] = sum(all(v.correct(scorer).values()) for v in verdicts) / max(1, len(verdicts))
+    return result
+
+
+def summarise(base: RunConfig, verdicts: list[Verdict]) -> dict:
+    """The report: accuracy by the judge and by the guiding CLIP, timing, and every verdict."""
+    seconds = [v.seconds for v in verdicts]
+    return {
+        "images": len(verdicts),
+        "prompts": len({v.prompt for v in verdicts}),
+        "seeds": len({v.seed for v in verdicts}),
+        "judge": accuracy(verdicts, "judge"),
+        "guiding_clip": accuracy(verdicts, "clip"),
+        "seconds_per_image": float(np.median(seconds)) if seconds else 0.0,
+        "config": {k: v for k, v in asdict(base).items() if k not in ("prompt", "seed")},
+        "verdicts": [asdict(v) for v in verdicts],
+    }
+
+
+def contact_sheet(output_dir: Path, verdicts: list[Verdict], tile: int = 128, columns: int = 8) -> Path:
+    """A grid of the images, each with its prompt and the judge's verdict underneath."""
+    caption_height = 44
+    rows = max(1, -(-len(verdicts) // columns))
+    sheet = Image.new("RGB", (columns * tile, rows * (tile + caption_height)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for i, verdict in enumerate(verdicts):
+        x, y = (i % columns) * tile, (i // columns) * (tile + caption_height)
+        with Image.open(output_dir / verdict.image) as image:
+            sheet.paste(image.convert("RGB").resize((tile, tile), Image.NEAREST), (x, y))
+        marks = verdict.correct("judge")
+        ok = all(marks.values())
+        seen = " ".join(verdict.judge[a] for a in ATTRIBUTES)
+        lines = [_short(verdict.prompt), f"judge: {seen}", ("OK" if ok else "WRONG: " +
+                 ",".join(a for a, good in marks.items() if not good)) + f"  s{verdict.seed}"]
+        for n, line in enumerate(lines):
+            draw.text((x + 2, y + tile + 2 + 13 * n), line, fill=(0, 110, 0) if ok else (170, 0, 0))
+    path = output_dir / SHEET_NAME
+    with atomic_path(path) as temp:
+        sheet.save(temp, format="PNG")
+    return path
+
+
+def _short(prompt: str, limit: int = 21) -> str:
+    text = prompt.removeprefix("a ").replace(" background", " bg")
+    return text if len(text) <= limit else text[: limit - 2] + ".."
