@@ -190,6 +190,24 @@ def resume(folder, steps, quiet) -> None:
         sys.exit(130)
 
 
+@cli.command()
+@click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["mp4", "gif"]), default="mp4", show_default=True)
+@click.option("--fps", type=click.FloatRange(min=0.1), default=10.0, show_default=True)
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+              help="Where to write (default: FOLDER/progress.mp4 or .gif).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing file.")
+@reports_errors
+def export(folder, fmt, fps, output, overwrite) -> None:
+    """Export a run's frames as a video (MP4) or GIF of the image forming.
+
+    Example: pixgen export outputs/a-red-circle --format mp4 --fps 15
+    """
+    from pixgen.pipeline import export_animation
+
+    click.echo(export_animation(folder, fmt, fps, output, overwrite))
+
+
 @cli.command("eval")
 @config_options
 @click.option("--prompts", "prompts_file", type=click.Path(dir_okay=False, path_type=Path),

@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, PngImagePlugin
 
+from pixgen.errors import InputError
+
 
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
@@ -66,8 +68,16 @@ def save_gif(path: Path, frames: list[np.ndarray], fps: float) -> None:
 
 
 def save_video(path: Path, frames: list[np.ndarray], fps: float) -> None:
-    """Write frames as an MP4 (needs the ``video`` extra: imageio-ffmpeg)."""
+    """Write frames as an H.264 MP4 (needs the ``video`` extra: imageio-ffmpeg)."""
     import imageio.v3 as iio
 
+    try:
+        import imageio_ffmpeg  # noqa: F401
+    except ImportError:
+        raise InputError("MP4 export needs imageio-ffmpeg: pip install 'pixgen[video]'") from None
+    height, width = frames[0].shape[:2]
+    # H.264 in yuv420p needs even sides; pad by repeating the last row/column.
+    padded = [np.pad(f, ((0, height % 2), (0, width % 2), (0, 0)), mode="edge") for f in frames]
     with atomic_path(path) as temp:
-        iio.imwrite(temp, np.stack(frames), extension=".mp4", fps=fps)
+        iio.imwrite(temp, np.stack(padded), extension=".mp4", fps=fps, codec="libx264",
+                    macro_block_size=1)

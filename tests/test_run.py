@@ -159,3 +159,17 @@ def test_missing_init_image_is_one_line_error(tmp_path, tiny_preset):
     assert result.exit_code == 1
     assert result.output.strip() == f"Error: init image {tmp_path / 'nope.png'} does not exist"
     assert not (tmp_path / "o").exists()
+
+
+def test_export_mp4_and_gif(tmp_path, tiny_preset):
+    out = tmp_path / "out"
+    assert run_tiny(tiny_preset, out, "--size", "34x30").exit_code == 0
+    result = invoke("export", out, "--fps", "5")
+    assert result.exit_code == 0, result.output
+    video = iio.imread(out / "progress.mp4", index=None)
+    assert video.shape[0] == 3 and video.shape[1:3] == (30, 34)  # 2 frames + final image
+    result = CliRunner().invoke(cli, ["export", str(out), "--format", "mp4"])
+    assert result.exit_code == 1 and "exists; pass --overwrite" in result.output
+    other = tmp_path / "other.gif"
+    assert invoke("export", out, "--format", "gif", "-o", other).exit_code == 0
+    assert iio.imread(other, index=None).shape[0] == 3
