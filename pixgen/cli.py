@@ -216,16 +216,21 @@ def export(folder, fmt, fps, output, overwrite) -> None:
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=Path("outputs/eval"), show_default=True,
               help="Folder for the images, report.json and contact-sheet.png.")
 @click.option("--overwrite", is_flag=True, help="Replace an earlier report in the output folder.")
+@click.option("--judge", "judge_spec", default="shapes-judge", show_default=True,
+              help="The judge: registry name or weights file.")
 @click.option("-q", "--quiet", is_flag=True, help="No per-image lines.")
 @reports_errors
-def eval_command(prompts_file, seeds, output, overwrite, quiet, preset, config_file, overrides, **flags) -> None:
+def eval_command(prompts_file, seeds, output, overwrite, judge_spec, quiet, preset, config_file, overrides,
+                 **flags) -> None:
     """Measure prompt fidelity: generate per prompt and seed, judge with shapes-judge.
 
     Example: pixgen eval --preset default --seeds 2 -o outputs/eval
     """
     from pixgen.evaluate import evaluate, read_prompts
-    from pixgen.shapes.judge import load_judge
+    from pixgen.models.factory import load_judge_model
+    from pixgen.registry import load_registry
 
+    judge = load_judge_model(judge_spec, load_registry()).module
     prompts = read_prompts(prompts_file)
     config = build_config(prompts[0], preset, config_file, overrides, **flags)
 
@@ -235,7 +240,7 @@ def eval_command(prompts_file, seeds, output, overwrite, quiet, preset, config_f
             click.echo(f"{mark} {verdict.prompt} (seed {verdict.seed}): judge saw "
                        f"{' '.join(verdict.judge.values())} [{verdict.seconds:.1f} s]")
 
-    report = evaluate(config, prompts, seeds, output, judge=load_judge(), overwrite=overwrite, on_image=show)
+    report = evaluate(config, prompts, seeds, output, judge=judge, overwrite=overwrite, on_image=show)
     for scorer, title in (("judge", "shapes-judge (independent)"), ("guiding_clip", "shapes-clip (guides generation)")):
         scores = ", ".join(f"{k} {v:.1%}" for k, v in report[scorer].items())
         click.echo(f"{title}: {scores}")

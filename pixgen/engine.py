@@ -23,7 +23,7 @@ from pixgen.inits import INIT_METHODS
 from pixgen.models.clip import CLIPScorer
 from pixgen.models.vqgan import VQGAN
 from pixgen.ops import clamp_to_codebook, latent_mse, prompt_loss, to_unit_range, vector_quantize
-from pixgen.prompts import Prompt, parse_prompts
+from pixgen.prompts import Prompt, parse_image_prompts, parse_prompts
 
 OPTIMIZERS = {
     "adam": lambda params, lr: torch.optim.Adam(params, lr=lr),
@@ -61,12 +61,18 @@ class Step:
     losses: list[float]  # per (CLIP model, prompt), in order
     z: torch.Tensor  # the latents after the step
     vqgan: VQGAN = field(repr=False)
-    checkpoint: dict[str, Any] = field(repr=False, default_factory=dict)  # for resuming
+    optimizer: torch.optim.Optimizer = field(repr=False)
+    generator: torch.Generator = field(repr=False)
 
     def image(self) -> torch.Tensor:
         """The current image, (1, 3, H, W) in [0, 1] on the CPU."""
         with torch.no_grad():
             return synth(self.z, self.vqgan).float().cpu()
+
+    def checkpoint(self) -> dict[str, Any]:
+        """Everything needed to continue from this step (pass it as ``generate(..., resume=)``)."""
+        return {"step": self.step, "z": self.z.cpu().clone(), "optimizer": self.optimizer.state_dict(),
+                "generator": self.generator.get_state()}
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -130,10 +136,8 @@ def generate(config: RunConfig, models: Models, *, init_image: torch.Tensor | No
     """Optimise VQGAN latents towards the prompts; yield a :class:`Step` after every step.
 
     ``config.seed`` must be set. ``prompt_images`` maps each image prompt's path to its pixels,
-    (1, 3, H, W) in [0, 1]; ``resume`` is a ``Step.checkpoint`` to continue from.
+    (1, 3, H, W) in [0, 1]; ``resume`` is a ``Step.checkpoint()`` to continue from.
     """
-    from pixgen.prompts import parse_image_prompts
-
     generator = seed_everything(config.seed)
     vqgan, device = models.vqgan, models.device
     prompts = parse_prompts(config.prompt) + parse_image_prompts(config.image_prompts)
@@ -167,7 +171,5 @@ def generate(config: RunConfig, models: Models, *, init_image: torch.Tensor | No
         total, losses = total.detach(), [loss.detach() for loss in losses]
         optimizer.step()
         clamp_to_codebook(z, vqgan.codebook)
-        checkpoint = {"step": step + 1, "z": z.detach().cpu().clone(),
-                      "optimizer": optimizer.state_dict(), "generator": generator.get_state()}
         yield Step(step + 1, config.steps, total.item(), [loss.item() for loss in losses],
-                   z.detach(), vqgan, checkpoint)
+                   z.detach(), vqgan, optimizer, generator)

@@ -34,6 +34,7 @@ GIF_NAME = "progress.gif"
 CONFIG_NAME = "run.yaml"
 STATE_NAME = "state.pt"
 FRAMES_DIR = "frames"
+STATE_EVERY = 10  # steps between resume checkpoints when no frames are saved
 OUTPUT_NAMES = (IMAGE_NAME, GIF_NAME, CONFIG_NAME, STATE_NAME, FRAMES_DIR)
 
 
@@ -162,9 +163,10 @@ def run(config: RunConfig, output_dir: Path | None = None, *, overwrite: bool = 
                              resume=resume):
             if on_step is not None:
                 on_step(last)
-            if config.save_every and last.step % config.save_every == 0 and last.step < config.steps:
-                frames.append(output_dir / FRAMES_DIR / f"step-{last.step:05d}.png")
-                save_png(frames[-1], to_pixels(last.image()))
+            if last.step % (config.save_every or STATE_EVERY) == 0 and last.step < config.steps:
+                if config.save_every:
+                    frames.append(output_dir / FRAMES_DIR / f"step-{last.step:05d}.png")
+                    save_png(frames[-1], to_pixels(last.image()))
                 save_state(output_dir / STATE_NAME, last)
         completed = True
     except KeyboardInterrupt:
@@ -211,7 +213,7 @@ def export_animation(output_dir: Path, fmt: str = "mp4", fps: float = 10.0, path
 def save_state(path: Path, step: Step) -> None:
     """Write the resume checkpoint (tensors and numbers only, readable with weights_only=True)."""
     with atomic_path(path) as temp:
-        torch.save(step.checkpoint, temp)
+        torch.save(step.checkpoint(), temp)
 
 
 def resume_run(output_dir: Path, *, steps: int | None = None,

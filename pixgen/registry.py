@@ -20,7 +20,7 @@ from pixgen.downloads import FileSpec
 from pixgen.errors import ConfigError, UnknownModel
 
 BUILTIN_REGISTRY = Path(__file__).parent / "checkpoints.yaml"
-KINDS = ("vqgan", "clip")
+KINDS = ("vqgan", "clip", "judge")
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ class BundledFile:
 class ModelEntry:
     """One registered model: how to build it and where its weights come from."""
 
-    kind: str  # "vqgan" or "clip"
+    kind: str  # "vqgan", "clip" or "judge" (the shapes-world evaluator)
     name: str
     description: str = ""
     architecture: dict[str, Any] | None = None  # VQGAN: taming params + quantizer

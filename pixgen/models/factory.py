@@ -230,3 +230,18 @@ def load_clip(spec: str, registry: Registry) -> Loaded:
         raise UnknownModel(f"CLIP weights file {file_text} does not exist")
     registry.get("clip", spec)  # raises UnknownModel listing the registered names
     raise AssertionError("unreachable")
+
+
+# --- judge -------------------------------------------------------------------------------------
+
+def load_judge_model(spec: str, registry: Registry) -> Loaded:
+    """The shapes-world judge from a registry name or a judge safetensors file."""
+    from pixgen.shapes.judge import load_judge
+
+    if registry.has("judge", spec):
+        entry = registry.get("judge", spec)
+        weights = _available_weights(entry)
+        return Loaded(load_judge(weights), spec, _checked_hash(entry, weights))
+    if not Path(spec).is_file():
+        registry.get("judge", spec)  # raises UnknownModel listing the registered names
+    return Loaded(load_judge(Path(spec)), spec, sha256_file(Path(spec)))

@@ -1,0 +1,329 @@
+"""Train shapes-clip: a small open_clip CLIP for the shapes world, contrastively, on training combinations only.
+
+Usage:
+    python -m pixgen.shapes.train_clip --out pixgen/weights/shapes-clip --minutes 12 --seed 0
+
+Writes ``OUT.json`` (an open_clip model config, the format of open_clip's ``model_configs/*.json``)
+and ``OUT.safetensors`` (the fp16 state dict; its metadata holds ``preprocess_cfg`` with mean/std).
+Images are normalised with open_clip's default (OpenAI) mean/std, so ``create_model`` attaches the
+right preprocessing without overrides. Load it with::
+
+    open_clip.add_model_config("pixgen/weights/shapes-clip.json")
+    model = open_clip.create_model("shapes-clip", pretrained="pixgen/weights/shapes-clip.safetensors")
+    tokenizer = open_clip.get_tokenizer("shapes-clip")  # the stock tokenizer, context length 32
+
+Recipe. The training images are rendered once; each batch is lightly augmented (shift, zoom,
+rotation, flips, blur, colour gain, noise). Captions come from the world's grammar and often
+mention only some attributes ("a circle", "a red shape", "a square on a blue background"), so the
+towers must represent shape, colour and background separately instead of memorising the 144
+combinations. The loss is CLIP's symmetric cross-entropy with several positives: an image and a
+caption match when every attribute the caption mentions is true of the image, so duplicates and
+partial captions in a batch are not pushed apart. A fraction of the images are recoloured with
+random colours far from the 8 named colours and captioned with their shape only: shape must be
+read regardless of colour. Zero-shot accuracy on held-out combinations is printed as training
+goes, for prompt families ("a circle" / "a red shape" / "a shape on a red background") and for
+full-caption argmax over all 168 combinations.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pixgen.shapes import world
+from pixgen.shapes.training import (
+    cosine_lr,
+    log,
+    random_affine,
+    random_blur,
+    random_colour,
+    random_flips,
+    recolour,
+    save_fp16_safetensors,
+    seed_everything,
+    timed_steps,
+    to_unit,
+)
+
+# An open_clip model config (the format of open_clip's model_configs/*.json).
+SHAPES_CLIP_CONFIG: dict[str, Any] = {
+    "embed_dim": 64,
+    "vision_cfg": {"image_size": 64, "layers": 4, "width": 64, "head_width": 32, "patch_size": 8},
+    "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 3},
+}
+# Images are normalised with open_clip's defaults (OPENAI_DATASET_MEAN/STD), what create_model attaches.
+MEAN = (0.48145466, 0.4578275, 0.40821073)
+STD = (0.26862954, 0.26130258, 0.27577711)
+FORMAT = "pixgen-shapes-clip"
+_KEYS = ("shape", "colour", "background", "size")  # columns of attribute-index tensors; -1: unknown/unmentioned
+
+
+def normalise(images: torch.Tensor) -> torch.Tensor:
+    """Float images in [0, 1] to the model's input normalisation."""
+    mean = torch.tensor(MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(STD).view(1, 3, 1, 1)
+    return (images - mean) / std
+
+
+def attribute_indices(attrs: dict[str, str | None]) -> list[int]:
+    """(shape, colour, background, size) indices of an attribute dict; -1 for None."""
+    names = {"shape": world.SHAPES, "colour": world.COLOUR_NAMES, "background": world.COLOUR_NAMES,
+             "size": world.SIZES}
+    return [names[key].index(attrs[key]) if attrs.get(key) else -1 for key in _KEYS]
+
+
+def match_matrix(image_attrs: torch.Tensor, caption_attrs: torch.Tensor) -> torch.Tensor:
+    """[N_img, N_txt] bool: every attribute a caption mentions (>= 0) equals the image's."""
+    mentioned = caption_attrs[None, :, :] >= 0
+    equal = image_attrs[:, None, :] == caption_attrs[None, :, :]
+    return (equal | ~mentioned).all(dim=2)
+
+
+def multi_positive_clip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: torch.Tensor,
+                             match: torch.Tensor) -> torch.Tensor:
+    """Symmetric CLIP loss whose targets spread evenly over every matching pair (normalised embeddings)."""
+    logits = logit_scale.exp().clamp(max=100) * image_emb @ text_emb.T
+    match = match.float()
+    to_text = F.cross_entropy(logits, match / match.sum(1, keepdim=True))
+    to_image = F.cross_entropy(logits.T, match.T / match.T.sum(1, keepdim=True))
+    return (to_text + to_image) / 2
+
+
+def augment(images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Light geometry, blur, colour gain and noise for float images in [0, 1]."""
+    images = random_flips(images, gen)
+    images = random_affine(images, gen, max_deg=20.0, scale=(0.85, 1.1), shift=0.06)
+    images = random_blur(images, gen, p=0.3, max_sigma=1.2)
+    return random_colour(images, gen, gain=0.08, noise=0.05)
+
+
+class Tokens:
+    """The stock open_clip tokenizer with a cache (the grammar has a few thousand distinct captions)."""
+
+    def __init__(self, context_length: int):
+        import open_clip
+
+        self.tokenizer = open_clip.get_tokenizer("", context_length=context_length)
+        self.cache: dict[str, torch.Tensor] = {}
+
+    def __call__(self, texts: list[str]) -> torch.Tensor:
+        """Token ids [len(texts), context_length]."""
+        missing = [t for t in dict.fromkeys(texts) if t not in self.cache]
+        if missing:
+            self.cache.update(zip(missing, self.tokenizer(missing), strict=True))
+        return torch.stack([self.cache[t] for t in texts])
+
+
+@dataclass
+class Batch:
+    """Model inputs for one step and which image-caption pairs match."""
+
+    images: torch.Tensor  # normalised float [B, 3, 64, 64]
+    tokens: torch.Tensor  # [B, context_length]
+    match: torch.Tensor  # bool [B, B]
+
+
+class CaptionedPool:
+    """Training images rendered once, with their scenes; draws augmented, captioned batches."""
+
+    def __init__(self, n: int, seed: int, tokens: Tokens, split: str = "train", recolour_prob: float = 0.25):
+        self.rng = np.random.default_rng(seed)
+        self.gen = torch.Generator().manual_seed(seed)
+        self.scenes = world.sample_scenes(n, self.rng, world.combos_for_split(split))
+        self.images, _ = world.scenes_to_tensors(self.scenes)
+        self.tokens = tokens
+        self.recolour_prob = recolour_prob
+
+    def batch(self, size: int) -> Batch:
+        """A random augmented batch: captions from the grammar, some images recoloured with shape-only captions."""
+        idx = torch.randint(len(self.images), (size,), generator=self.gen)
+        scenes = [self.scenes[i] for i in idx.tolist()]
+        images = to_unit(self.images[idx])
+        recoloured = (torch.rand(size, generator=self.gen) < self.recolour_prob).tolist()
+        texts, image_attrs = [], []
+        for i, scene in enumerate(scenes):
+            truth = attribute_indices({"shape": scene.shape, "colour": scene.colour,
+                                       "background": scene.background, "size": scene.size})
+            if recoloured[i]:
+                truth[1] = truth[2] = -2  # matches no caption that names a colour
+                size_word = scene.size if self.rng.random() < 0.3 else None
+                texts.append(world.describe(shape=scene.shape, size=size_word, rng=self.rng))
+            else:
+                texts.append(world.caption(scene, self.rng))
+            image_attrs.append(truth)
+        chosen = [i for i, r in enumerate(recoloured) if r]
+        if chosen:
+            images[chosen] = recolour([scenes[i] for i in chosen], self.gen)
+        caption_attrs = torch.tensor([attribute_indices(world.parse_caption(t)) for t in texts])
+        match = match_matrix(torch.tensor(image_attrs), caption_attrs)
+        return Batch(normalise(augment(images, self.gen)), self.tokens(texts), match)
+
+
+def trainable_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW parameter groups: weight decay on matrices only (not gains, biases, embeddings' scale)."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        small = param.ndim < 2 or "ln" in name or "bias" in name or "logit_scale" in name
+        (no_decay if small else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, batch: Batch) -> float:
+    """One optimiser step of the multi-positive contrastive loss; returns the loss."""
+    model.train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        image_emb = model.encode_image(batch.images)
+        text_emb = model.encode_text(batch.tokens)
+    image_emb, text_emb = F.normalize(image_emb.float(), dim=-1), F.normalize(text_emb.float(), dim=-1)
+    loss = multi_positive_clip_loss(image_emb, text_emb, model.logit_scale, batch.match)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    return loss.detach().item()
+
+
+def train_steps(model: torch.nn.Module, opt: torch.optim.Optimizer, pool: CaptionedPool, steps: int,
+                batch_size: int) -> list[float]:
+    """Run steps optimiser steps on random batches from pool; returns the losses."""
+    return [train_step(model, opt, pool.batch(batch_size)) for _ in range(steps)]
+
+
+def prompt_families() -> dict[str, list[str]]:
+    """Zero-shot prompts per attribute, in class order: "a circle", "a red shape", "a shape on a red background"."""
+    return {
+        "shape": [world.describe(shape=s) for s in world.SHAPES],
+        "colour": [world.describe(colour=c, shape=None) for c in world.COLOUR_NAMES],
+        "background": [world.describe(background=b) for b in world.COLOUR_NAMES],
+    }
+
+
+@torch.no_grad()
+def embed_texts(model: torch.nn.Module, tokens: Tokens, texts: list[str]) -> torch.Tensor:
+    """Unit text embeddings [len(texts), embed_dim]."""
+    return F.normalize(model.encode_text(tokens(texts)).float(), dim=-1)
+
+
+@torch.no_grad()
+def embed_images(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """Unit image embeddings of uint8 images [N, 3, 64, 64]."""
+    chunks = [model.encode_image(normalise(to_unit(x))).float() for x in images.split(500)]
+    return F.normalize(torch.cat(chunks), dim=-1)
+
+
+@torch.no_grad()
+def zero_shot_accuracy(model: torch.nn.Module, tokens: Tokens, images: torch.Tensor,
+                       labels: torch.Tensor) -> dict[str, float]:
+    """Zero-shot accuracy per attribute: prompt families ("shape" ...) and full-caption argmax ("full_shape" ...)."""
+    model.eval()
+    image_emb = embed_images(model, images)
+    result = {}
+    for column, (name, prompts) in enumerate(prompt_families().items()):
+        predicted = (image_emb @ embed_texts(model, tokens, prompts).T).argmax(dim=1)
+        result[name] = (predicted == labels[:, column]).float().mean().item()
+    combos = world.ALL_COMBOS
+    prompts = [world.describe(shape=s, colour=c, background=b) for s, c, b in combos]
+    best = (image_emb @ embed_texts(model, tokens, prompts).T).argmax(dim=1)
+    combo_labels = torch.tensor([[world.SHAPES.index(s), world.COLOUR_NAMES.index(c), world.COLOUR_NAMES.index(b)]
+                                 for s, c, b in combos])[best]
+    for column, name in enumerate(("shape", "colour", "background")):
+        result[f"full_{name}"] = (combo_labels[:, column] == labels[:, column]).float().mean().item()
+    result["full_all"] = (combo_labels == labels).all(dim=1).float().mean().item()
+    return result
+
+
+def format_accuracy(acc: dict[str, float]) -> str:
+    """"shape 0.95 colour 1.00 ... | full: shape 0.93 ..."."""
+    family = " ".join(f"{k} {v:.3f}" for k, v in acc.items() if not k.startswith("full_"))
+    full = " ".join(f"{k[5:]} {v:.3f}" for k, v in acc.items() if k.startswith("full_"))
+    return f"{family} | full-caption: {full}"
+
+
+def create_model(config_path: str | Path) -> torch.nn.Module:
+    """A randomly initialised open_clip CLIP from a model config JSON, through open_clip's own registry."""
+    import open_clip
+
+    open_clip.add_model_config(config_path)
+    return open_clip.create_model(Path(config_path).stem)
+
+
+def load_shapes_clip(out: str | Path) -> torch.nn.Module:
+    """Load OUT.json + OUT.safetensors back through open_clip (what pixgen's loader does)."""
+    import open_clip
+
+    out = Path(out)
+    open_clip.add_model_config(out.with_suffix(".json"))
+    return open_clip.create_model(out.stem, pretrained=str(out.with_suffix(".safetensors"))).eval()
+
+
+def train(out: str, minutes: float, seed: int, n_images: int, batch_size: int, lr: float,
+          recolour_prob: float, max_steps: int | None = None, eval_every: int = 100,
+          threads: int = 2) -> dict[str, float]:
+    """Train shapes-clip for a time budget, print progress, write OUT.json and OUT.safetensors."""
+    seed_everything(seed, threads)
+    config_path = Path(out).with_suffix(".json")
+    config_path.parent.mkdir(parents=True, exist_ok=True)
+    config_path.write_text(json.dumps(SHAPES_CLIP_CONFIG, indent=4) + "\n")
+    model = create_model(config_path)
+    tokens = Tokens(SHAPES_CLIP_CONFIG["text_cfg"]["context_length"])
+    t0 = time.monotonic()
+    pool = CaptionedPool(n_images, seed, tokens, "train", recolour_prob)
+    probe_x, probe_y = world.render_dataset(1000, seed + 1, "held_out")
+    log(f"rendered {n_images} training images in {time.monotonic() - t0:.1f}s")
+    opt = torch.optim.AdamW(trainable_groups(model, 0.1), lr=lr, betas=(0.9, 0.98), eps=1e-6)
+    start, losses = time.monotonic(), []
+    for step in timed_steps(minutes, max_steps):
+        fraction = (time.monotonic() - start) / (60 * minutes)
+        if max_steps is not None:
+            fraction = max(fraction, step / max_steps)
+        for group in opt.param_groups:
+            group["lr"] = cosine_lr(fraction, lr)
+        losses += train_steps(model, opt, pool, 1, batch_size)
+        if (step + 1) % eval_every == 0:
+            speed = (step + 1) * batch_size / (time.monotonic() - start)
+            acc = zero_shot_accuracy(model, tokens, probe_x, probe_y)
+            log(f"step {step + 1:5d}  loss {sum(losses) / len(losses):.4f}  {speed:.0f} img/s  "
+                f"scale {model.logit_scale.exp().item():.1f}  held-out {format_accuracy(acc)}")
+            losses = []
+    log(f"trained {step + 1} steps in {time.monotonic() - start:.0f}s")
+    metadata = {"format": FORMAT, "seed": str(seed), "steps": str(step + 1),
+                "preprocess_cfg": {"mean": list(MEAN), "std": list(STD), "size": 64},
+                "model_cfg": SHAPES_CLIP_CONFIG}
+    save_fp16_safetensors(model.state_dict(), config_path.with_suffix(".safetensors"), metadata)
+    loaded = load_shapes_clip(config_path)
+    test_x, test_y = world.render_dataset(5000, seed + 2, "held_out")
+    acc = zero_shot_accuracy(loaded, tokens, test_x, test_y)
+    log(f"held-out zero-shot accuracy (5000 fresh renders, fp16 weights reloaded via open_clip): "
+        f"{format_accuracy(acc)}")
+    log(f"saved {config_path} and {config_path.with_suffix('.safetensors')}")
+    return acc
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Parse the command line and train."""
+    parser = argparse.ArgumentParser(prog="python -m pixgen.shapes.train_clip", description=__doc__.split("\n")[0])
+    parser.add_argument("--out", default="pixgen/weights/shapes-clip", help="output path without extension")
+    parser.add_argument("--minutes", type=float, default=12.0, help="training time budget")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--images", type=int, default=100000, help="training images rendered up front")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--recolour-prob", type=float, default=0.25, help="fraction recoloured, shape-only captions")
+    parser.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (reproducible)")
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads for torch")
+    args = parser.parse_args(argv)
+    log(f"shapes-clip {json.dumps(SHAPES_CLIP_CONFIG)}  seed {args.seed}  budget {args.minutes} min")
+    train(args.out, args.minutes, args.seed, args.images, args.batch_size, args.lr, args.recolour_prob,
+          args.max_steps, threads=args.threads)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,141 @@
+"""Helpers shared by the shapes-world training scripts: seeding, a time-bounded loop, augmentation, saving."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from pixgen.shapes import world
+
+_MIN_PALETTE_DISTANCE = 70.0  # recoloured images keep this RGB distance (0-255 units) from every named colour
+
+
+def log(message: str) -> None:
+    """Print one progress line immediately (training scripts report as they go)."""
+    print(message, flush=True)
+
+
+def seed_everything(seed: int, threads: int = 2) -> torch.Generator:
+    """Seed torch's global RNG, cap CPU threads, and return a generator for data sampling."""
+    torch.manual_seed(seed)
+    torch.set_num_threads(threads)
+    return torch.Generator().manual_seed(seed)
+
+
+def timed_steps(minutes: float, max_steps: int | None = None) -> Iterator[int]:
+    """Yield step numbers 0, 1, ... until the time budget (or max_steps) runs out."""
+    deadline = time.monotonic() + 60.0 * minutes
+    step = 0
+    while time.monotonic() < deadline and (max_steps is None or step < max_steps):
+        yield step
+        step += 1
+
+
+def cosine_lr(step_fraction: float, base_lr: float, warmup: float = 0.03) -> float:
+    """Learning rate after linear warm-up then cosine decay to 2 % of base_lr, at a fraction of training."""
+    if step_fraction < warmup:
+        return base_lr * step_fraction / warmup
+    progress = min(1.0, (step_fraction - warmup) / (1.0 - warmup))
+    return base_lr * (0.02 + 0.98 * 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+
+def to_unit(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images [N, 3, H, W] to float in [0, 1]."""
+    return images.float().div_(255.0)
+
+
+def random_affine(images: torch.Tensor, gen: torch.Generator, max_deg: float, scale: tuple[float, float],
+                  shift: float) -> torch.Tensor:
+    """Rotate, zoom and shift each image by its own random amount; edges repeat the border (the background)."""
+    n = images.shape[0]
+    theta = (torch.rand(n, generator=gen) * 2 - 1) * math.radians(max_deg)
+    zoom = torch.empty(n).uniform_(*scale, generator=gen)
+    offset = (torch.rand(n, 2, generator=gen) * 2 - 1) * shift
+    cos, sin = torch.cos(theta) / zoom, torch.sin(theta) / zoom
+    matrix = torch.stack([torch.stack([cos, -sin, offset[:, 0]], 1), torch.stack([sin, cos, offset[:, 1]], 1)], 1)
+    grid = F.affine_grid(matrix, list(images.shape), align_corners=False)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def random_flips(images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Flip a random half of the images left-right and, independently, a random half upside down."""
+    n = images.shape[0]
+    lr = (torch.rand(n, generator=gen) < 0.5)[:, None, None, None]
+    ud = (torch.rand(n, generator=gen) < 0.5)[:, None, None, None]
+    images = torch.where(lr, images.flip(3), images)
+    return torch.where(ud, images.flip(2), images)
+
+
+def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Blur every image with the same Gaussian (5×5, reflect padding)."""
+    x = torch.arange(5, dtype=images.dtype) - 2
+    kernel = torch.exp(-(x**2) / (2 * sigma**2))
+    kernel = (kernel / kernel.sum()).to(images.dtype)
+    c = images.shape[1]
+    padded = F.pad(images, (2, 2, 2, 2), mode="reflect")
+    out = F.conv2d(padded, kernel.view(1, 1, 1, 5).expand(c, 1, 1, 5), groups=c)
+    return F.conv2d(out, kernel.view(1, 1, 5, 1).expand(c, 1, 5, 1), groups=c)
+
+
+def random_blur(images: torch.Tensor, gen: torch.Generator, p: float, max_sigma: float) -> torch.Tensor:
+    """Blur a random fraction p of the images with one random sigma in (0.3, max_sigma)."""
+    chosen = torch.rand(images.shape[0], generator=gen) < p
+    if not chosen.any():
+        return images
+    sigma = 0.3 + float(torch.rand(1, generator=gen)) * (max_sigma - 0.3)
+    images = images.clone()
+    images[chosen] = gaussian_blur(images[chosen], sigma)
+    return images
+
+
+def random_colour(images: torch.Tensor, gen: torch.Generator, gain: float, noise: float) -> torch.Tensor:
+    """Per-image brightness and per-channel gain within ±gain, plus Gaussian pixel noise of random std <= noise."""
+    n = images.shape[0]
+    brightness = 1 + (torch.rand(n, 1, 1, 1, generator=gen) * 2 - 1) * gain
+    channel = 1 + (torch.rand(n, 3, 1, 1, generator=gen) * 2 - 1) * gain / 2
+    std = torch.rand(n, 1, 1, 1, generator=gen) * noise
+    images = images * brightness * channel + torch.randn(images.shape, generator=gen) * std
+    return images.clamp(0.0, 1.0)
+
+
+def random_far_colour_pairs(n: int, gen: torch.Generator, contrast: float = 80.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """n random (fg, bg) RGB pairs (0-255), each colour far from every named colour, fg and bg contrasting."""
+    palette = torch.tensor(list(world.COLOURS.values()), dtype=torch.float32)
+    pairs = torch.empty(0, 2, 3)
+    while len(pairs) < n:
+        candidates = torch.rand(8 * n, 2, 3, generator=gen) * 255
+        far = (torch.cdist(candidates.view(-1, 3), palette).min(dim=1).values >= _MIN_PALETTE_DISTANCE).view(-1, 2)
+        keep = far.all(dim=1) & ((candidates[:, 0] - candidates[:, 1]).norm(dim=1) >= contrast)
+        pairs = torch.cat([pairs, candidates[keep]])
+    return pairs[:n, 0], pairs[:n, 1]
+
+
+def recolour(scenes: list[world.Scene], gen: torch.Generator) -> torch.Tensor:
+    """Render scenes with random colours far from the named ones (shape unchanged): float [n, 3, 64, 64] in [0, 1]."""
+    alpha = torch.from_numpy(world.coverage(scenes))[:, None]
+    fg, bg = random_far_colour_pairs(len(scenes), gen)
+    fg, bg = fg[:, :, None, None] / 255, bg[:, :, None, None] / 255
+    return bg + alpha * (fg - bg)
+
+
+def save_fp16_safetensors(state_dict: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, Any]) -> Path:
+    """Save floating tensors as fp16 (others unchanged) with metadata (non-strings JSON-encoded)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {
+        key: (value.detach().to(torch.float16) if value.is_floating_point() else value.detach()).contiguous()
+        for key, value in state_dict.items()
+    }
+    text = {key: value if isinstance(value, str) else json.dumps(value) for key, value in metadata.items()}
+    save_file(tensors, str(path), metadata=text)
+    return path
+

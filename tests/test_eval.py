@@ -1,0 +1,61 @@
+"""`pixgen eval`: report, contact sheet, and the scoring arithmetic."""
+
+from __future__ import annotations
+
+import json
+
+from click.testing import CliRunner
+from PIL import Image
+
+from pixgen.cli import cli
+from pixgen.evaluate import Verdict, accuracy
+from pixgen.output import read_png_text
+
+
+def test_eval_writes_report_images_and_contact_sheet(tmp_path, tiny_preset):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("# two held-out prompts\na red circle on a green background\n\na blue square\n")
+    out = tmp_path / "eval"
+    args = ["eval", "--preset", str(tiny_preset), "--prompts", str(prompts), "--seeds", "2",
+            "--steps", "2", "-o", str(out)]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert "shapes-judge (independent):" in result.output and "shapes-clip (guides generation):" in result.output
+    report = json.loads((out / "report.json").read_text())
+    assert (report["images"], report["prompts"], report["seeds"]) == (4, 2, 2)
+    assert set(report["judge"]) == {"shape", "colour", "background", "all"}
+    assert set(report["guiding_clip"]) >= {"shape", "colour", "all"}
+    first = report["verdicts"][0]
+    assert first["expected"] == {"shape": "circle", "colour": "red", "background": "green", "size": None}
+    assert set(first["judge"]) == {"shape", "colour", "background"}
+    assert read_png_text(out / first["image"])["seed"] == "0"
+    assert report["verdicts"][3]["expected"]["background"] is None  # "a blue square" names no background
+    with Image.open(out / "contact-sheet.png") as sheet:
+        assert sheet.size == (8 * 128, 128 + 44)
+    again = CliRunner().invoke(cli, args)
+    assert again.exit_code == 1 and "report.json exists" in again.output
+
+
+def test_empty_prompts_file_is_an_error(tmp_path, tiny_preset):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("# nothing\n")
+    result = CliRunner().invoke(cli, ["eval", "--preset", str(tiny_preset), "--prompts", str(prompts)])
+    assert result.exit_code == 1
+    assert result.output.strip() == f"Error: prompts file {prompts} holds no prompts"
+
+
+def verdict(expected, judge):
+    keys = ("shape", "colour", "background")
+    return Verdict("p", 0, "x.png", dict(zip(keys, expected, strict=True)), dict(zip(keys, judge, strict=True)),
+                   dict(zip(keys, judge, strict=True)), 0.1)
+
+
+def test_accuracy_counts_only_named_attributes():
+    verdicts = [verdict(("circle", "red", "blue"), ("circle", "red", "blue")),
+                verdict(("square", "red", None), ("square", "green", "white")),
+                verdict(("triangle", None, None), ("circle", "red", "blue"))]
+    scores = accuracy(verdicts, "judge")
+    assert scores["shape"] == 2 / 3
+    assert scores["colour"] == 1 / 2
+    assert scores["background"] == 1.0
+    assert scores["all"] == 1 / 3
