@@ -21,8 +21,9 @@ from PIL import Image, ImageDraw
 from pixgen.config import RunConfig
 from pixgen.engine import generate
 from pixgen.errors import InputError, OutputExists
+from pixgen.fileio import atomic_path, atomic_write_text
 from pixgen.models.clip import CLIPScorer
-from pixgen.output import atomic_path, atomic_write_text, save_png, to_pixels
+from pixgen.output import save_png, to_pixels
 from pixgen.pipeline import load_models, png_text, slugify
 from pixgen.shapes.world import COLOURS, SHAPES, describe, held_out_prompts, parse_caption
 

@@ -19,7 +19,7 @@ import yaml
 from pixgen.cache import cache_dir, is_offline
 from pixgen.downloads import download, sha256_file
 from pixgen.errors import ChecksumMismatch, PixgenError
-from pixgen.output import atomic_write_text
+from pixgen.fileio import atomic_write_text
 from pixgen.registry import ModelEntry, Registry
 
 KNOWN_HASHES = "known_hashes.yaml"

@@ -24,8 +24,9 @@ from pixgen.config import RunConfig, config_to_yaml, validate
 from pixgen.devices import pick_device
 from pixgen.engine import Models, Step, generate
 from pixgen.errors import ConfigError, InputError, OutputExists
+from pixgen.fileio import atomic_path, atomic_write_text
 from pixgen.models.factory import Loaded, load_clip, load_vqgan
-from pixgen.output import atomic_path, atomic_write_text, save_gif, save_png, save_video, to_pixels
+from pixgen.output import save_gif, save_png, save_video, to_pixels
 from pixgen.prompts import parse_image_prompts
 from pixgen.registry import load_registry
 

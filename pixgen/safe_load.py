@@ -11,14 +11,13 @@ the file is needed. ``weights_only=False`` is never used.
 from __future__ import annotations
 
 import contextlib
-import os
 import pickle
 import re
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pixgen.errors import CheckpointError
+from pixgen.fileio import atomic_path
 
 if TYPE_CHECKING:
     import torch
@@ -124,18 +123,10 @@ def save_safetensors(
     path = Path(path)
     tensors = _prepare_for_save(state, dtype)
     try:
-        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        with atomic_path(path) as temp:
+            save_file(tensors, temp, metadata=metadata)
     except OSError as exc:
         raise CheckpointError(f"Cannot write {path}: {exc.strerror or exc}.") from exc
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise CheckpointError(f"Cannot write {path}: {exc.strerror or exc}.") from exc
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _prepare_for_save(state: dict[str, torch.Tensor], dtype: torch.dtype | None) -> dict[str, torch.Tensor]:

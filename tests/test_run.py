@@ -173,3 +173,16 @@ def test_export_mp4_and_gif(tmp_path, tiny_preset):
     other = tmp_path / "other.gif"
     assert invoke("export", out, "--format", "gif", "-o", other).exit_code == 0
     assert iio.imread(other, index=None).shape[0] == 3
+
+
+def test_outputs_get_normal_permissions_not_private_temp_ones(tmp_path, tiny_preset):
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        assert run_tiny(tiny_preset, tmp_path / "out").exit_code == 0
+    finally:
+        os.umask(old)
+    for name in ("image.png", "progress.gif", "run.yaml", "state.pt"):
+        assert stat.S_IMODE((tmp_path / "out" / name).stat().st_mode) == 0o644, name
