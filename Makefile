@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PROMPT ?= a yellow triangle on a purple background
 ARGS ?=
 
-.PHONY: run test lint bench clean-venv
+.PHONY: run test lint bench clean-venv weights-hashes
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	python3 -m venv $(VENV)
@@ -28,3 +28,7 @@ bench: $(VENV)/.installed
 
 clean-venv:
 	rm -rf $(VENV)
+
+# After retraining a bundled model: write the weights' sha256 into checkpoints.yaml.
+weights-hashes: $(VENV)/.installed
+	$(PY) -m pixgen.shapes.register_hashes
