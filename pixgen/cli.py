@@ -230,9 +230,9 @@ def eval_command(prompts_file, seeds, output, overwrite, judge_spec, quiet, pres
     from pixgen.models.factory import load_judge_model
     from pixgen.registry import load_registry
 
-    judge = load_judge_model(judge_spec, load_registry()).module
     prompts = read_prompts(prompts_file)
     config = build_config(prompts[0], preset, config_file, overrides, **flags)
+    judge = load_judge_model(judge_spec, load_registry()).module
 
     def show(verdict) -> None:
         if not quiet:
