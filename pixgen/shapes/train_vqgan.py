@@ -34,13 +34,17 @@ from pixgen.shapes.world import render_dataset
 METADATA_KEY = "pixgen_vqgan"  # the key pixgen.models.factory reads the architecture from
 EVAL_SEED = 12345  # held-out renders used for the reported PSNR
 COMMITMENT = 0.25  # weight of ||z - sg(code)||^2
+DEAD_THRESHOLD = 0.03  # a code whose EMA count per step falls below this is restarted
+INITIAL_COUNT = 0.1  # EMA count a fresh code starts with: unused, it is restarted after ~120 steps
 
 
-def shapes_vqgan_config(ch: int = 32, ch_mult: tuple[int, ...] = (1, 1, 2), z_channels: int = 32,
-                        embed_dim: int = 32, n_embed: int = 512) -> VQGANConfig:
-    """The shapes-world VQGAN architecture: f = 2**(len(ch_mult)-1), no attention, one res block per level."""
+def shapes_vqgan_config(ch: int = 96, ch_mult: tuple[int, ...] = (1, 1, 1), num_res_blocks: int = 0,
+                        resamp_with_conv: bool = True, z_channels: int = 32, embed_dim: int = 32,
+                        n_embed: int = 512) -> VQGANConfig:
+    """The shapes-world VQGAN architecture: f = 2**(len(ch_mult)-1), no attention at any level."""
     ddconfig = {"double_z": False, "z_channels": z_channels, "resolution": 64, "in_channels": 3, "out_ch": 3,
-                "ch": ch, "ch_mult": list(ch_mult), "num_res_blocks": 1, "attn_resolutions": [], "dropout": 0.0}
+                "ch": ch, "ch_mult": list(ch_mult), "num_res_blocks": num_res_blocks, "attn_resolutions": [],
+                "dropout": 0.0, "resamp_with_conv": resamp_with_conv}
     return VQGANConfig(embed_dim=embed_dim, n_embed=n_embed, ddconfig=ddconfig, quantizer="vq")
 
 
@@ -55,10 +59,11 @@ class Codebook:
 
     @classmethod
     def of(cls, model: VQGAN, decay: float = 0.99) -> Codebook:
-        """Statistics for model's codebook, seeded as if every code had one vector on it."""
+        """Statistics for model's codebook, seeded as if every code had INITIAL_COUNT vectors on it."""
         weight = model.quantize.embedding.weight
         weight.requires_grad_(False)
-        return cls(weight, torch.ones(weight.shape[0]), weight.detach().clone(), decay)
+        count = torch.full((weight.shape[0],), INITIAL_COUNT)
+        return cls(weight, count, weight.detach() * INITIAL_COUNT, decay)
 
 
 def flatten(h: torch.Tensor) -> torch.Tensor:
@@ -106,8 +111,8 @@ def init_codebook(model: VQGAN, book: Codebook, images: torch.Tensor, gen: torch
     """Start the codebook at k-means centroids of the (untrained) encoder's outputs on images."""
     vectors = flatten(encode_continuous(model, to_signed(images)))
     book.weight.copy_(kmeans(vectors, book.weight.shape[0], iters=10, gen=gen))
-    book.cluster_size.fill_(1.0)
-    book.embed_sum.copy_(book.weight)
+    book.cluster_size.fill_(INITIAL_COUNT)
+    book.embed_sum.copy_(book.weight * INITIAL_COUNT)
 
 
 @torch.no_grad()
@@ -131,8 +136,8 @@ def restart_dead_codes(book: Codebook, vectors: torch.Tensor, gen: torch.Generat
         return 0
     picks = vectors[torch.randint(len(vectors), (len(dead),), generator=gen)]
     book.weight[dead] = picks
-    book.embed_sum[dead] = picks
-    book.cluster_size[dead] = 1.0
+    book.embed_sum[dead] = picks * INITIAL_COUNT
+    book.cluster_size[dead] = INITIAL_COUNT
     return len(dead)
 
 
@@ -177,7 +182,7 @@ def make_optimizer(model: VQGAN, lr: float) -> torch.optim.Optimizer:
 
 def train_steps(model: VQGAN, opt: torch.optim.Optimizer, book: Codebook, images: torch.Tensor,
                 gen: torch.Generator, steps: int, batch_size: int, base_lr: float | None = None,
-                total_steps: int | None = None, start: int = 0, dead_threshold: float = 0.03) -> list[dict]:
+                total_steps: int | None = None, start: int = 0, dead_threshold: float = DEAD_THRESHOLD) -> list[dict]:
     """Run steps optimiser steps on random batches of uint8 images; returns each step's losses.
 
     With base_lr, the learning rate follows training.cosine_lr over total_steps, starting at step start.
@@ -238,9 +243,10 @@ def train(args: argparse.Namespace) -> float:
     gen = seed_everything(args.seed, args.threads)
     t0 = time.monotonic()
     images, _ = render_dataset(args.images, args.seed, "train")
-    probe, _ = render_dataset(256, args.seed + 1, "held_out")
+    probe, _ = render_dataset(64, args.seed + 1, "held_out")
     log(f"rendered {len(images)} training images in {time.monotonic() - t0:.1f}s")
-    config = shapes_vqgan_config(args.ch, tuple(args.ch_mult), args.z_channels, args.embed_dim, args.n_embed)
+    config = shapes_vqgan_config(args.ch, tuple(args.ch_mult), args.num_res_blocks, bool(args.resamp_conv),
+                                 args.z_channels, args.embed_dim, args.n_embed)
     model = VQGAN(config)
     book = Codebook.of(model)
     init_codebook(model, book, images[:64], gen)
@@ -258,6 +264,7 @@ def train(args: argparse.Namespace) -> float:
     train_time = time.monotonic() - start
     log(f"trained {args.steps} steps in {train_time:.0f}s ({args.steps / train_time:.2f} steps/s)")
     save_vqgan(model, args.out, {"seed": str(args.seed), "steps": str(args.steps)})
+    torch.save({"model": model.state_dict(), "book": book}, str(args.out) + ".train.pt")  # TEMP
     test, _ = render_dataset(512, EVAL_SEED, "held_out")
     value, used = evaluate(load_saved(args.out), test)
     save_vqgan(model, args.out, {"seed": str(args.seed), "steps": str(args.steps),
@@ -271,17 +278,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line; the defaults reproduce the shipped weights."""
     parser = argparse.ArgumentParser(prog="python -m pixgen.shapes.train_vqgan", description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="pixgen/weights/shapes-vqgan.safetensors", help="output .safetensors")
-    parser.add_argument("--steps", type=int, default=2400, help="optimiser steps (the run is step-bounded)")
+    parser.add_argument("--steps", type=int, default=400, help="optimiser steps (the run is step-bounded)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (cosine decay)")
-    parser.add_argument("--images", type=int, default=32768, help="training images rendered up front")
-    parser.add_argument("--ch", type=int, default=32)
-    parser.add_argument("--ch-mult", type=int, nargs="+", default=[1, 1, 2])
+    parser.add_argument("--images", type=int, default=8000, help="training images rendered up front")
+    parser.add_argument("--ch", type=int, default=96)
+    parser.add_argument("--ch-mult", type=int, nargs="+", default=[1, 1, 1])
+    parser.add_argument("--num-res-blocks", type=int, default=0)
+    parser.add_argument("--resamp-conv", type=int, default=1, help="1: strided/learned resampling, 0: pool/nearest")
     parser.add_argument("--z-channels", type=int, default=32)
     parser.add_argument("--embed-dim", type=int, default=32)
-    parser.add_argument("--n-embed", type=int, default=512)
-    parser.add_argument("--log-every", type=int, default=100, help="steps between progress lines")
+    parser.add_argument("--n-embed", type=int, default=1024)
+    parser.add_argument("--log-every", type=int, default=200, help="steps between progress lines")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for torch")
     return parser.parse_args(argv)
 

@@ -46,6 +46,11 @@ def cosine_lr(step_fraction: float, base_lr: float, warmup: float = 0.03) -> flo
     return base_lr * (0.02 + 0.98 * 0.5 * (1.0 + math.cos(math.pi * progress)))
 
 
+def augment_schedule(fraction: float, final: float = 0.75) -> float:
+    """Share of each batch augmented: none at first (shape is learnt fastest on clean images), then ramping up."""
+    return final * min(1.0, max(0.0, (fraction - 0.1) / 0.4))
+
+
 def to_unit(images: torch.Tensor) -> torch.Tensor:
     """uint8 images [N, 3, H, W] to float in [0, 1]."""
     return images.float().div_(255.0)
@@ -137,5 +142,6 @@ def save_fp16_safetensors(state_dict: dict[str, torch.Tensor], path: str | Path,
     }
     text = {key: value if isinstance(value, str) else json.dumps(value) for key, value in metadata.items()}
     save_file(tensors, str(path), metadata=text)
+    path.chmod(0o644)  # safetensors creates files readable by the owner only
     return path
 

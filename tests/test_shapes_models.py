@@ -1,0 +1,50 @@
+"""The bundled shapes-world models: registered hashes, size budget, and prompt fidelity end to end."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from pixgen.cli import cli
+from pixgen.downloads import sha256_file
+from pixgen.models.factory import load_judge_model
+from pixgen.registry import BUILTIN_REGISTRY, KINDS, load_registry, read_registry_file
+from pixgen.shapes.world import held_out_prompts, parse_caption
+
+BUNDLED = [entry for kind in KINDS for entry in read_registry_file(BUILTIN_REGISTRY)[kind].values()
+           if entry.bundled is not None]
+
+
+def test_every_default_model_is_bundled():
+    assert {e.name for e in BUNDLED} == {"shapes-vqgan", "shapes-clip", "shapes-judge"}
+
+
+@pytest.mark.parametrize("entry", BUNDLED, ids=lambda e: e.name)
+def test_shipped_file_matches_registered_sha256(entry):
+    assert entry.bundled.path.is_file(), entry.bundled.path
+    assert sha256_file(entry.bundled.path) == entry.bundled.sha256
+
+
+def test_shipped_weights_fit_the_budget():
+    weights = BUILTIN_REGISTRY.parent / "weights"
+    total = sum(path.stat().st_size for path in weights.iterdir())
+    assert total <= 30 * 2**20
+
+
+def test_default_run_is_offline_and_gets_the_background_right(tmp_path, monkeypatch):
+    # Only the background is reliable yet: the bundled shapes-clip does not know shapes and the
+    # object's colour comes through in some runs only (issue 3 stays open until all three are).
+    monkeypatch.delenv("PIXGEN_REGISTRY")  # the real, bundled registry only
+    judge = load_judge_model("shapes-judge", load_registry()).module
+    for index, prompt in enumerate(held_out_prompts()[::8]):  # one per shape
+        out = tmp_path / f"run{index}"
+        result = CliRunner().invoke(cli, ["--offline", "run", prompt, "--seed", "0", "-o", str(out), "-q"])
+        assert result.exit_code == 0, result.output
+        pixels = np.asarray(Image.open(out / "image.png"), dtype=np.float32) / 255
+        image = torch.from_numpy(pixels).permute(2, 0, 1).unsqueeze(0)
+        (seen,) = judge.predict(image)
+        expected = parse_caption(prompt)
+        assert seen["background"] == expected["background"], prompt

@@ -1,0 +1,93 @@
+"""Tests for the shapes-world training scripts and the shipped judge and shapes-clip weights."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from pixgen.shapes import train_clip, train_judge, world
+from pixgen.shapes.judge import JudgeConfig, JudgeNet, judge_metadata, load_judge
+from pixgen.shapes.training import random_far_colour_pairs, save_fp16_safetensors
+
+WEIGHTS = Path(__file__).resolve().parent.parent / "pixgen" / "weights"
+TINY_CLIP = {
+    "embed_dim": 16,
+    "vision_cfg": {"image_size": 64, "layers": 1, "width": 32, "head_width": 16, "patch_size": 16},
+    "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
+
+
+@pytest.fixture(autouse=True)
+def _seeded():
+    torch.manual_seed(0)
+
+
+def test_judge_training_steps_reduce_the_loss():
+    pool = train_judge.render_pool(64, seed=0)
+    gen = torch.Generator().manual_seed(0)
+    net = JudgeNet(JudgeConfig(width=4, dropout=0.0))
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    images, labels = train_judge.sample_batch(pool, gen, 32, recolour_prob=0.25, augment_prob=0.5)
+    assert (labels[:, 1:] == -1).any() and (labels >= -1).all()
+    losses = [train_judge.train_step(net, opt, images, labels) for _ in range(15)]
+    assert losses[-1] < 0.7 * losses[0]
+    assert len(train_judge.train_steps(net, opt, pool, gen, steps=2, batch_size=8)) == 2
+
+
+def test_clip_training_steps_reduce_the_loss(tmp_path):
+    config = tmp_path / "tiny-shapes-clip.json"
+    config.write_text(json.dumps(TINY_CLIP))
+    model = train_clip.create_model(config)
+    tokens = train_clip.Tokens(32)
+    pool = train_clip.CaptionedPool(64, seed=0, tokens=tokens)
+    batch = pool.batch(32)
+    assert batch.match.diagonal().all() and batch.tokens.shape == (32, 32)
+    opt = torch.optim.AdamW(train_clip.trainable_groups(model, 0.0), lr=3e-3)
+    losses = [train_clip.train_step(model, opt, batch) for _ in range(15)]
+    assert losses[-1] < 0.7 * losses[0]
+    assert len(train_clip.train_steps(model, opt, pool, steps=2, batch_size=8)) == 2
+
+
+def test_match_matrix_counts_partial_captions_as_positives():
+    images = torch.tensor([[0, 0, 2, 1], [1, 0, 2, 0], [0, -2, -2, 1]])  # red circle, red square, recoloured circle
+    captions = torch.tensor([[0, 0, 2, -1], [-1, 0, -1, -1], [0, -1, -1, -1]])  # full, "a red shape", "a circle"
+    expected = torch.tensor([[True, True, True], [False, True, False], [False, False, True]])
+    assert torch.equal(train_clip.match_matrix(images, captions), expected)
+
+
+def test_recoloured_images_stay_far_from_the_named_colours():
+    fg, bg = random_far_colour_pairs(500, torch.Generator().manual_seed(0))
+    palette = torch.tensor(list(world.COLOURS.values()), dtype=torch.float32)
+    assert torch.cdist(torch.cat([fg, bg]), palette).min() >= 70
+    assert (fg - bg).norm(dim=1).min() >= 80
+
+
+def test_weights_are_saved_as_fp16_with_metadata(tmp_path):
+    net = JudgeNet(JudgeConfig(width=4))
+    path = save_fp16_safetensors(net.state_dict(), tmp_path / "judge.safetensors", judge_metadata(net.cfg))
+    with safe_open(str(path), framework="pt") as f:
+        assert json.loads(f.metadata()["config"])["width"] == 4
+        assert f.get_tensor("heads.shape.weight").dtype == torch.float16
+    assert load_judge(path).net.cfg.width == 4
+
+
+def test_shipped_judge_reads_fresh_held_out_renders():
+    judge = load_judge()  # the weights shipped in the package
+    images, labels = world.render_dataset(100, seed=12345, split="held_out")
+    expected = [{"shape": world.SHAPES[s], "colour": world.COLOUR_NAMES[c], "background": world.COLOUR_NAMES[b]}
+                for s, c, b in labels.tolist()]
+    accuracy = judge.accuracy(images.float() / 255, expected)
+    assert min(accuracy[name] for name in world.ATTRIBUTES) >= 0.9, accuracy
+    larger = torch.nn.functional.interpolate(images[:8].float() / 255, size=128, mode="bilinear")
+    assert len(judge.predict(larger)) == 8  # other sizes are resized to 64 px
+
+
+def test_shipped_shapes_clip_loads_through_open_clip_and_reads_held_out_renders():
+    model = train_clip.load_shapes_clip(WEIGHTS / "shapes-clip")
+    assert model.visual.preprocess_cfg["size"] in (64, (64, 64))
+    assert tuple(model.visual.preprocess_cfg["mean"]) == pytest.approx(train_clip.MEAN)
+    images, labels = world.render_dataset(100, seed=12345, split="held_out")
+    accuracy = train_clip.zero_shot_accuracy(model, train_clip.Tokens(32), images, labels)
+    assert accuracy["colour"] >= 0.9 and accuracy["background"] >= 0.9, accuracy
