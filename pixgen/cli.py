@@ -131,6 +131,18 @@ class ProgressBar:
             self.bar.close()
 
 
+def run_with_progress(start, quiet: bool) -> None:
+    """Call ``start(progress_callback)``, print where the outputs went; exit 130 if interrupted."""
+    progress = ProgressBar(not quiet)
+    try:
+        result = start(progress)
+    finally:
+        progress.close()
+    report(result)
+    if not result.completed:
+        sys.exit(130)
+
+
 def report(result) -> None:
     """Print where a run's outputs went."""
     if not result.completed:
@@ -158,14 +170,7 @@ def run(prompt, output, overwrite, quiet, preset, config_file, overrides, **flag
     from pixgen.pipeline import run as run_pipeline
 
     config = build_config(prompt, preset, config_file, overrides, **flags)
-    progress = ProgressBar(not quiet)
-    try:
-        result = run_pipeline(config, output, overwrite=overwrite, on_step=progress)
-    finally:
-        progress.close()
-    report(result)
-    if not result.completed:
-        sys.exit(130)
+    run_with_progress(lambda progress: run_pipeline(config, output, overwrite=overwrite, on_step=progress), quiet)
 
 
 @cli.command()
@@ -180,14 +185,7 @@ def resume(folder, steps, quiet) -> None:
     """
     from pixgen.pipeline import resume_run
 
-    progress = ProgressBar(not quiet)
-    try:
-        result = resume_run(folder, steps=steps, on_step=progress)
-    finally:
-        progress.close()
-    report(result)
-    if not result.completed:
-        sys.exit(130)
+    run_with_progress(lambda progress: resume_run(folder, steps=steps, on_step=progress), quiet)
 
 
 @cli.command()
