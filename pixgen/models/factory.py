@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -155,7 +156,11 @@ def _open_clip_model(arch: str) -> tuple[nn.Module, Any]:
 
     if arch not in open_clip.list_models():
         raise UnknownModel(f"unknown open_clip architecture {arch!r}; see open_clip.list_models()")
-    model = open_clip.create_model(arch, pretrained=None)
+    logging.disable(logging.WARNING)  # "No pretrained weights loaded": pixgen loads them right after
+    try:
+        model = open_clip.create_model(arch, pretrained=None)
+    finally:
+        logging.disable(logging.NOTSET)
     return model, open_clip.get_tokenizer(arch)
 
 
