@@ -3,13 +3,14 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
 
-from pixgen.shapes import train_clip, train_judge, world
+from pixgen.shapes import tower, train_clip, train_judge, world
 from pixgen.shapes.judge import JudgeConfig, JudgeNet, judge_metadata, load_judge
-from pixgen.shapes.training import random_far_colour_pairs, save_fp16_safetensors
+from pixgen.shapes.training import crowd, random_far_colour_pairs, save_fp16_safetensors
 
 WEIGHTS = Path(__file__).resolve().parent.parent / "pixgen" / "weights"
 TINY_CLIP = {
@@ -41,9 +42,10 @@ def test_clip_training_steps_reduce_the_loss(tmp_path):
     config.write_text(json.dumps(TINY_CLIP))
     model = train_clip.create_model(config)
     tokens = train_clip.Tokens(32)
-    pool = train_clip.CaptionedPool(64, seed=0, tokens=tokens)
+    pool = train_clip.CaptionedPool(64, seed=0, tokens=tokens, crowd_prob=0.3)
     batch = pool.batch(32)
     assert batch.match.diagonal().all() and batch.tokens.shape == (32, 32)
+    assert not batch.match.all(), "crowd captions must not match single-shape images, nor the reverse"
     opt = torch.optim.AdamW(train_clip.trainable_groups(model, 0.0), lr=3e-3)
     losses = [train_clip.train_step(model, opt, batch) for _ in range(15)]
     assert losses[-1] < 0.7 * losses[0]
@@ -55,6 +57,33 @@ def test_match_matrix_counts_partial_captions_as_positives():
     captions = torch.tensor([[0, 0, 2, -1], [-1, 0, -1, -1], [0, -1, -1, -1]])  # full, "a red shape", "a circle"
     expected = torch.tensor([[True, True, True], [False, True, False], [False, False, True]])
     assert torch.equal(train_clip.match_matrix(images, captions), expected)
+
+
+def test_count_separates_one_shape_from_a_crowd_of_it():
+    one = train_clip.attribute_indices({"shape": "circle", "colour": "red", "background": "blue"})
+    scene = world.Scene("circle", "red", "blue", "large", 32.0, 32.0, 15.0)
+    text, many = train_clip.crowd_caption(scene)
+    assert text == "several red circles on a blue background"
+    captions = torch.tensor([one, many])
+    images = torch.tensor([one, many])  # the same attributes, one shape vs several
+    assert torch.equal(train_clip.match_matrix(images, captions), torch.eye(2, dtype=torch.bool))
+
+
+def test_crowds_add_shapes_of_the_same_kind_and_colours():
+    rng = np.random.default_rng(0)
+    scenes = world.sample_scenes(40, rng, world.TRAIN_COMBOS)
+    crowds = crowd(scenes, rng)
+    singles = world.scenes_to_tensors(scenes)[0].float() / 255
+    fg = torch.tensor([s.fg for s in scenes], dtype=torch.float32)[:, :, None, None] / 255
+    bg = torch.tensor([s.bg for s in scenes], dtype=torch.float32)[:, :, None, None] / 255
+
+    def alpha(images):  # how far each pixel is from the background towards the shape colour
+        return ((images - bg) * (fg - bg)).sum(1, keepdim=True) / (fg - bg).pow(2).sum(1, keepdim=True)
+
+    assert torch.allclose(bg + alpha(crowds) * (fg - bg), crowds, atol=1e-4)  # only the two colours, blended
+    crowd_area, single_area = ((alpha(x) > 0.5).float().mean(dim=(1, 2, 3)) for x in (crowds, singles))
+    assert (crowd_area >= single_area - 0.01).all()  # the scene's own shape is still there
+    assert (crowd_area > single_area + 0.01).float().mean() > 0.8  # and most crowds have more of it
 
 
 def test_recoloured_images_stay_far_from_the_named_colours():
@@ -91,3 +120,17 @@ def test_shipped_shapes_clip_loads_through_open_clip_and_reads_held_out_renders(
     images, labels = world.render_dataset(100, seed=12345, split="held_out")
     accuracy = train_clip.zero_shot_accuracy(model, train_clip.Tokens(32), images, labels)
     assert accuracy["colour"] >= 0.9 and accuracy["background"] >= 0.9, accuracy
+
+
+def test_shapes_cnn_tower_builds_from_an_open_clip_config(tmp_path):
+    config = dict(train_clip.SHAPES_CLIP_CONFIG, text_cfg=TINY_CLIP["text_cfg"])
+    path = tmp_path / "cnn-shapes-clip.json"
+    path.write_text(json.dumps(config))
+    model = train_clip.create_model(path).eval()
+    assert type(model.visual.trunk).__name__ == "ShapesCNN"
+    with torch.no_grad():
+        assert model.encode_image(torch.rand(2, 3, 64, 64)).shape == (2, config["embed_dim"])
+    with pytest.raises(ValueError, match="no timm pretrained weights"):
+        import timm
+
+        timm.create_model(tower.NAME, pretrained=True)

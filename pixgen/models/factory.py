@@ -167,6 +167,8 @@ def _open_clip_model(arch: str) -> tuple[nn.Module, Any]:
 def _custom_clip_model(config_path: Path) -> tuple[nn.Module, Any, tuple, tuple]:
     import open_clip
 
+    from pixgen.shapes import tower  # noqa: F401  registers shapes-clip's timm image tower by name
+
     try:
         config = json.loads(Path(config_path).read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:

@@ -1,11 +1,11 @@
 """Train the shapes judge on training combinations only and report held-out accuracy.
 
 Usage:
-    python -m pixgen.shapes.train_judge --out pixgen/weights/shapes-judge.safetensors --minutes 10 --seed 0
+    python -m pixgen.shapes.train_judge   # the defaults (--steps 1200 --seed 1) give the shipped weights
 
 The training set is rendered once into a uint8 tensor. Batches are augmented (rotation, zoom,
 shift, flips, blur, brightness/channel gain, pixel noise) so the judge also reads the less clean
-images generation produces; augmentation starts after 10 % of the budget and ramps up to 75 % of
+images generation produces; augmentation starts after 10 % of the steps and ramps up to 75 % of
 each batch, because shape is learnt much faster on clean images first. A fraction of each batch
 is recoloured with random colours far from the 8 named ones and trains the shape head only, so
 that shape is read independently of colour (each (colour, background) pair appears in training
@@ -17,7 +17,6 @@ with the architecture in the safetensors metadata.
 
 from __future__ import annotations
 
-import argparse
 import time
 from dataclasses import asdict, dataclass
 
@@ -28,6 +27,7 @@ import torch.nn.functional as F
 from pixgen.shapes.judge import CLASSES, JudgeConfig, JudgeNet, judge_metadata
 from pixgen.shapes.training import (
     augment_schedule,
+    base_parser,
     cosine_lr,
     log,
     random_affine,
@@ -37,7 +37,6 @@ from pixgen.shapes.training import (
     recolour,
     save_fp16_safetensors,
     seed_everything,
-    timed_steps,
     to_unit,
 )
 from pixgen.shapes.world import Scene, combos_for_split, render_dataset, sample_scenes, scenes_to_tensors
@@ -125,10 +124,9 @@ def format_accuracy(acc: dict[str, float]) -> str:
     return " ".join(f"{name} {value:.3f}" for name, value in acc.items())
 
 
-def train(out: str, minutes: float, seed: int, n_images: int, batch_size: int, lr: float, cfg: JudgeConfig,
-          recolour_prob: float = 0.3, max_steps: int | None = None, eval_every: int = 200,
-          threads: int = 2) -> dict[str, float]:
-    """Train a judge for a time budget, print progress, save fp16 weights to out; returns held-out accuracy."""
+def train(out: str, steps: int, seed: int, n_images: int, batch_size: int, lr: float, cfg: JudgeConfig,
+          recolour_prob: float = 0.3, eval_every: int = 100, threads: int = 2) -> dict[str, float]:
+    """Train a judge for a number of steps, print progress, save fp16 weights to out; returns held-out accuracy."""
     gen = seed_everything(seed, threads)
     t0 = time.monotonic()
     pool = render_pool(n_images, seed, "train")
@@ -137,26 +135,23 @@ def train(out: str, minutes: float, seed: int, n_images: int, batch_size: int, l
     net = JudgeNet(cfg).to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=0.05)
     start, losses = time.monotonic(), []
-    for step in timed_steps(minutes, max_steps):
-        fraction = (time.monotonic() - start) / (60 * minutes)
-        if max_steps is not None:
-            fraction = max(fraction, step / max_steps)
+    for step in range(steps):
         for group in opt.param_groups:
-            group["lr"] = cosine_lr(fraction, lr)
-        losses += train_steps(net, opt, pool, gen, 1, batch_size, recolour_prob, augment_schedule(fraction))
+            group["lr"] = cosine_lr(step / steps, lr)
+        losses += train_steps(net, opt, pool, gen, 1, batch_size, recolour_prob, augment_schedule(step / steps))
         if (step + 1) % eval_every == 0:
             speed = (step + 1) * batch_size / (time.monotonic() - start)
             acc = evaluate(net, probe_x, probe_y)
             log(f"step {step + 1:5d}  loss {sum(losses) / len(losses):.4f}  {speed:.0f} img/s  "
                 f"held-out {format_accuracy(acc)}")
             losses = []
-    log(f"trained {step + 1} steps in {time.monotonic() - start:.0f}s")
+    log(f"trained {steps} steps in {time.monotonic() - start:.0f}s")
     test_x, test_y = render_dataset(5000, seed + 2, "held_out")
     clean = evaluate(net, test_x, test_y)
     augmented = evaluate(net, test_x, test_y, torch.Generator().manual_seed(seed + 3))
     log(f"held-out accuracy (5000 fresh renders, clean):     {format_accuracy(clean)}")
     log(f"held-out accuracy (5000 fresh renders, augmented): {format_accuracy(augmented)}")
-    metadata = judge_metadata(cfg) | {"seed": str(seed), "steps": str(step + 1), "held_out_accuracy": clean}
+    metadata = judge_metadata(cfg) | {"seed": str(seed), "steps": str(steps), "held_out_accuracy": clean}
     save_fp16_safetensors(net.state_dict(), out, metadata)
     log(f"saved {out}")
     return clean
@@ -164,22 +159,15 @@ def train(out: str, minutes: float, seed: int, n_images: int, batch_size: int, l
 
 def main(argv: list[str] | None = None) -> None:
     """Parse the command line and train."""
-    parser = argparse.ArgumentParser(prog="python -m pixgen.shapes.train_judge", description=__doc__.split("\n")[0])
-    parser.add_argument("--out", default="pixgen/weights/shapes-judge.safetensors", help="output .safetensors")
-    parser.add_argument("--minutes", type=float, default=10.0, help="training time budget")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--images", type=int, default=60000, help="training images rendered up front")
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--recolour-prob", type=float, default=0.3, help="fraction recoloured (shape loss only)")
+    parser = base_parser("pixgen.shapes.train_judge", __doc__.split("\n")[0],
+                         out="pixgen/weights/shapes-judge.safetensors", steps=1200, images=60000, lr=2e-3,
+                         recolour_prob=0.3, seed=1)
     parser.add_argument("--width", type=int, default=JudgeConfig.width, help="channels of the first conv")
-    parser.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (reproducible)")
-    parser.add_argument("--threads", type=int, default=2, help="CPU threads for torch")
     args = parser.parse_args(argv)
     cfg = JudgeConfig(width=args.width)
-    log(f"judge {asdict(cfg)}  seed {args.seed}  budget {args.minutes} min")
-    train(args.out, args.minutes, args.seed, args.images, args.batch_size, args.lr, cfg, args.recolour_prob,
-          args.max_steps, threads=args.threads)
+    log(f"judge {asdict(cfg)}  seed {args.seed}  steps {args.steps}")
+    train(args.out, args.steps, args.seed, args.images, args.batch_size, args.lr, cfg, args.recolour_prob,
+          threads=args.threads)
 
 
 if __name__ == "__main__":

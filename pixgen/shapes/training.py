@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
-import time
-from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -22,20 +23,27 @@ def log(message: str) -> None:
     print(message, flush=True)
 
 
+def base_parser(prog: str, description: str, out: str, steps: int, images: int, lr: float,
+                recolour_prob: float, seed: int = 0) -> argparse.ArgumentParser:
+    """The options every shapes training command shares; the defaults reproduce the shipped weights."""
+    parser = argparse.ArgumentParser(prog=f"python -m {prog}", description=description)
+    parser.add_argument("--out", default=out, help="output path")
+    parser.add_argument("--steps", type=int, default=steps, help="optimiser steps (the run is step-bounded)")
+    parser.add_argument("--seed", type=int, default=seed)
+    parser.add_argument("--images", type=int, default=images, help="training images rendered up front")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--lr", type=float, default=lr, help="peak learning rate (cosine decay)")
+    parser.add_argument("--recolour-prob", type=float, default=recolour_prob,
+                        help="fraction of images recoloured with unnamed colours (shape-only labels)")
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads for torch")
+    return parser
+
+
 def seed_everything(seed: int, threads: int = 2) -> torch.Generator:
     """Seed torch's global RNG, cap CPU threads, and return a generator for data sampling."""
     torch.manual_seed(seed)
     torch.set_num_threads(threads)
     return torch.Generator().manual_seed(seed)
-
-
-def timed_steps(minutes: float, max_steps: int | None = None) -> Iterator[int]:
-    """Yield step numbers 0, 1, ... until the time budget (or max_steps) runs out."""
-    deadline = time.monotonic() + 60.0 * minutes
-    step = 0
-    while time.monotonic() < deadline and (max_steps is None or step < max_steps):
-        yield step
-        step += 1
 
 
 def cosine_lr(step_fraction: float, base_lr: float, warmup: float = 0.03) -> float:
@@ -128,6 +136,26 @@ def recolour(scenes: list[world.Scene], gen: torch.Generator) -> torch.Tensor:
     fg, bg = random_far_colour_pairs(len(scenes), gen)
     fg, bg = fg[:, :, None, None] / 255, bg[:, :, None, None] / 255
     return bg + alpha * (fg - bg)
+
+
+def crowd(scenes: list[world.Scene], rng: np.random.Generator, extra: tuple[int, int] = (1, 5)) -> torch.Tensor:
+    """Each scene with 1-5 more shapes of its kind and colours scattered over it: float [n, 3, 64, 64] in [0, 1].
+
+    A contrastive negative for "a red circle ...": the world's captions promise one shape, and
+    without such images CLIP cannot tell one circle from a texture of them, which is exactly
+    what gradient ascent on its similarity then produces.
+    """
+    groups, everyone = [], []
+    for scene in scenes:
+        others = [replace(world.sample_scene(rng, [scene.combo]), fg=scene.fg, bg=scene.bg)
+                  for _ in range(int(rng.integers(extra[0], extra[1] + 1)))]
+        groups.append(len(others) + 1)
+        everyone += [scene, *others]
+    alpha = torch.from_numpy(world.coverage(everyone))
+    alpha = torch.stack([part.amax(dim=0) for part in alpha.split(groups)])[:, None]
+    fg = torch.tensor([s.fg or world.COLOURS[s.colour] for s in scenes], dtype=torch.float32)[:, :, None, None]
+    bg = torch.tensor([s.bg or world.COLOURS[s.background] for s in scenes], dtype=torch.float32)[:, :, None, None]
+    return (bg + alpha * (fg - bg)) / 255
 
 
 def save_fp16_safetensors(state_dict: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, Any]) -> Path:

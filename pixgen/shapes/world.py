@@ -52,6 +52,7 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 }
 COLOUR_NAMES: tuple[str, ...] = tuple(COLOURS)
 SIZES: tuple[str, ...] = ("small", "large")
+CROWD_WORDS: tuple[str, ...] = ("several", "many", "lots of", "a few")  # describe_crowd's quantities
 ATTRIBUTES: tuple[str, ...] = ("shape", "colour", "background")
 
 # Words captions use for the size classes, and the class each one means.
@@ -262,6 +263,17 @@ def describe(
     noun = shape or _pick(("shape", "object"), rng)
     text = _object_phrase(noun, size, colour, rng)
     return text if background is None else text + _background_phrase(background, rng)
+
+
+def describe_crowd(
+    shape: str | None = None,
+    colour: str | None = None,
+    background: str | None = None,
+    rng: np.random.Generator | None = None,
+) -> str:
+    """A caption of several shapes ("several red circles on a blue background"): training negatives only."""
+    head = " ".join(w for w in (_pick(CROWD_WORDS, rng), colour, f"{shape or 'shape'}s") if w)
+    return head if background is None else f"{head} on {_article(background)} {background} background"
 
 
 def caption(scene: Scene, rng: np.random.Generator, full_prob: float = 0.5, size_prob: float = 0.3) -> str:
