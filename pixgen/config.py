@@ -35,6 +35,7 @@ class RunConfig:
     seed: int | None = None  # None draws a seed, which is then recorded with the output
     optimizer: str = "adam"  # one of OPTIMIZERS
     lr: float = 0.1  # learning rate
+    lr_final: float | None = None  # learning rate at the last step, reached by cosine decay; None: constant lr
     cut_count: int = 32  # cutouts per step and CLIP model
     cut_pow: float = 1.0  # cutout size distribution: rand ** cut_pow
     cut_min_scale: float = 1.0  # smallest cutout as a fraction of min(side, CLIP input size)
@@ -162,6 +163,8 @@ def validate(config: RunConfig) -> None:
     need(config.seed is None or 0 <= config.seed < 2**63, "seed", "must be between 0 and 2**63 - 1")
     need(config.optimizer in OPTIMIZERS, "optimizer", f"must be one of {', '.join(OPTIMIZERS)}")
     need(config.lr > 0, "lr", "must be positive")
+    need(config.lr_final is None or 0 <= config.lr_final <= config.lr, "lr_final",
+         "must be between 0 and lr (or null for a constant learning rate)")
     need(config.cut_count >= 1, "cut_count", "must be at least 1")
     need(config.cut_pow > 0, "cut_pow", "must be positive")
     need(0 < config.cut_min_scale <= 1, "cut_min_scale", "must be in (0, 1]")

@@ -3,12 +3,13 @@
 ``generate`` yields a :class:`Step` after every optimiser step and does no I/O: callers decide
 what to save or print. Each step: quantise z (straight-through) -> decode -> clamp to [0, 1]
 -> cutouts + augmentations -> CLIP embeddings -> spherical-distance loss per prompt -> Adam
-step -> clamp z to the codebook's per-channel range.
+step (constant or cosine-decayed learning rate) -> clamp z to the codebook's per-channel range.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -124,6 +125,14 @@ def cutout_spec(config: RunConfig, clip: CLIPScorer) -> CutoutSpec:
                       noise=config.augment_noise, min_scale=config.cut_min_scale)
 
 
+def learning_rate(config: RunConfig, step: int) -> float:
+    """The learning rate of 0-based ``step``: constant, or cosine decay from lr to lr_final at the last step."""
+    if config.lr_final is None or config.steps <= 1:
+        return config.lr
+    progress = step / (config.steps - 1)
+    return config.lr_final + (config.lr - config.lr_final) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
 def _autocast(device: torch.device, precision: str):
     if precision == "fp32":
         return contextlib.nullcontext()
@@ -169,6 +178,8 @@ def generate(config: RunConfig, models: Models, *, init_image: torch.Tensor | No
         total = torch.stack([loss.float() for loss in losses]).sum()
         total.backward()
         total, losses = total.detach(), [loss.detach() for loss in losses]
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(config, step)
         optimizer.step()
         clamp_to_codebook(z, vqgan.codebook)
         yield Step(step + 1, config.steps, total.item(), [loss.item() for loss in losses],

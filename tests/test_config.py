@@ -8,6 +8,7 @@ from click.testing import CliRunner
 
 from pixgen.cli import cli
 from pixgen.config import list_presets, resolve_config
+from pixgen.engine import learning_rate
 
 
 def invoke(*args):
@@ -43,6 +44,8 @@ def test_bundled_presets_all_validate():
     (["--preset", "nope"], "Error: unknown preset 'nope'; available: default, draft, imagenet, quality"),
     (["--optimizer", "lbfgs"], "Error: invalid value 'lbfgs' for 'optimizer': must be one of adam, adamw, sgd"),
     (["--set", "size=[10]"], "Error: invalid value [10] for 'size': expected [width, height], each at least 8 pixels"),
+    (["--lr", "0.1", "--set", "lr_final=0.5"],
+     "Error: invalid value 0.5 for 'lr_final': must be between 0 and lr (or null for a constant learning rate)"),
 ])
 def test_bad_settings_are_one_line_errors_with_exit_2(args, message):
     result = invoke("run", "a prompt", *args)
@@ -97,3 +100,12 @@ def test_registered_but_not_downloaded_model_says_how_to_get_it(tiny_preset, tmp
     assert result.exit_code == 1
     assert result.output.strip() == ("Error: clip model 'ViT-B-32-openai' is not downloaded; "
                                      "run: pixgen models download ViT-B-32-openai")
+
+
+def test_lr_final_decays_the_learning_rate_by_cosine_to_the_last_step():
+    config = resolve_config("default", None, ["lr_final=0.02"], {"prompt": "x", "lr": 0.1, "steps": 5})
+    rates = [learning_rate(config, step) for step in range(config.steps)]
+    assert rates[0] == pytest.approx(0.1) and rates[-1] == pytest.approx(0.02)
+    assert rates == sorted(rates, reverse=True) and rates[2] == pytest.approx(0.06)
+    constant = resolve_config("default", None, ["lr_final=null"], {"prompt": "x", "lr": 0.1, "steps": 5})
+    assert {learning_rate(constant, step) for step in range(5)} == {0.1}

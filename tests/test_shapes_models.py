@@ -12,7 +12,7 @@ from pixgen.cli import cli
 from pixgen.downloads import sha256_file
 from pixgen.models.factory import load_judge_model
 from pixgen.registry import BUILTIN_REGISTRY, KINDS, load_registry, read_registry_file
-from pixgen.shapes.world import held_out_prompts, parse_caption
+from pixgen.shapes.world import ATTRIBUTES, held_out_prompts, parse_caption
 
 BUNDLED = [entry for kind in KINDS for entry in read_registry_file(BUILTIN_REGISTRY)[kind].values()
            if entry.bundled is not None]
@@ -34,12 +34,12 @@ def test_shipped_weights_fit_the_budget():
     assert total <= 30 * 2**20
 
 
-def test_default_run_is_offline_and_gets_the_background_right(tmp_path, monkeypatch):
-    # Only the background is reliable yet: the bundled shapes-clip does not know shapes and the
-    # object's colour comes through in some runs only (issue 3 stays open until all three are).
+def test_default_run_is_offline_and_draws_what_the_prompt_asks(tmp_path, monkeypatch):
+    # One held-out prompt per shape at the default preset, seed 0: the judge must read back every
+    # attribute. `pixgen eval --seeds 2` measures the rate over all 24 held-out prompts (README).
     monkeypatch.delenv("PIXGEN_REGISTRY")  # the real, bundled registry only
     judge = load_judge_model("shapes-judge", load_registry()).module
-    for index, prompt in enumerate(held_out_prompts()[::8]):  # one per shape
+    for index, prompt in enumerate(held_out_prompts()[::8]):
         out = tmp_path / f"run{index}"
         result = CliRunner().invoke(cli, ["--offline", "run", prompt, "--seed", "0", "-o", str(out), "-q"])
         assert result.exit_code == 0, result.output
@@ -47,4 +47,4 @@ def test_default_run_is_offline_and_gets_the_background_right(tmp_path, monkeypa
         image = torch.from_numpy(pixels).permute(2, 0, 1).unsqueeze(0)
         (seen,) = judge.predict(image)
         expected = parse_caption(prompt)
-        assert seen["background"] == expected["background"], prompt
+        assert {name: seen[name] for name in ATTRIBUTES} == {name: expected[name] for name in ATTRIBUTES}, prompt

@@ -10,7 +10,7 @@ from safetensors import safe_open
 
 from pixgen.shapes import tower, train_clip, train_judge, world
 from pixgen.shapes.judge import JudgeConfig, JudgeNet, judge_metadata, load_judge
-from pixgen.shapes.training import crowd, random_far_colour_pairs, save_fp16_safetensors
+from pixgen.shapes.training import crowd_extras, draw_crowds, random_far_colour_pairs, save_fp16_safetensors
 
 WEIGHTS = Path(__file__).resolve().parent.parent / "pixgen" / "weights"
 TINY_CLIP = {
@@ -62,17 +62,26 @@ def test_match_matrix_counts_partial_captions_as_positives():
 def test_count_separates_one_shape_from_a_crowd_of_it():
     one = train_clip.attribute_indices({"shape": "circle", "colour": "red", "background": "blue"})
     scene = world.Scene("circle", "red", "blue", "large", 32.0, 32.0, 15.0)
-    text, many = train_clip.crowd_caption(scene)
+    text, many = train_clip.crowd_caption(scene, crowd_extras(scene, np.random.default_rng(0), mixed=False))
     assert text == "several red circles on a blue background"
     captions = torch.tensor([one, many])
     images = torch.tensor([one, many])  # the same attributes, one shape vs several
     assert torch.equal(train_clip.match_matrix(images, captions), torch.eye(2, dtype=torch.bool))
 
 
+def test_mixed_crowds_name_only_what_every_shape_shares():
+    scene = world.Scene("circle", "red", "blue", "large", 32.0, 32.0, 15.0)
+    extras = [world.Scene("square", "red", "blue", "small", 10.0, 10.0, 6.0)]
+    assert train_clip.crowd_caption(scene, extras)[0] == "several red shapes on a blue background"
+    extras.append(world.Scene("square", "green", "blue", "small", 50.0, 50.0, 6.0))
+    assert train_clip.crowd_caption(scene, extras)[0] == "several shapes on a blue background"
+    assert all(e.background == "blue" for e in crowd_extras(scene, np.random.default_rng(0), mixed=True))
+
+
 def test_crowds_add_shapes_of_the_same_kind_and_colours():
     rng = np.random.default_rng(0)
     scenes = world.sample_scenes(40, rng, world.TRAIN_COMBOS)
-    crowds = crowd(scenes, rng)
+    crowds = draw_crowds(scenes, [crowd_extras(scene, rng, mixed=False) for scene in scenes])
     singles = world.scenes_to_tensors(scenes)[0].float() / 255
     fg = torch.tensor([s.fg for s in scenes], dtype=torch.float32)[:, :, None, None] / 255
     bg = torch.tensor([s.bg for s in scenes], dtype=torch.float32)[:, :, None, None] / 255
@@ -108,7 +117,7 @@ def test_shipped_judge_reads_fresh_held_out_renders():
     expected = [{"shape": world.SHAPES[s], "colour": world.COLOUR_NAMES[c], "background": world.COLOUR_NAMES[b]}
                 for s, c, b in labels.tolist()]
     accuracy = judge.accuracy(images.float() / 255, expected)
-    assert min(accuracy[name] for name in world.ATTRIBUTES) >= 0.9, accuracy
+    assert min(accuracy[name] for name in world.ATTRIBUTES) >= 0.98, accuracy
     larger = torch.nn.functional.interpolate(images[:8].float() / 255, size=128, mode="bilinear")
     assert len(judge.predict(larger)) == 8  # other sizes are resized to 64 px
 
@@ -119,7 +128,7 @@ def test_shipped_shapes_clip_loads_through_open_clip_and_reads_held_out_renders(
     assert tuple(model.visual.preprocess_cfg["mean"]) == pytest.approx(train_clip.MEAN)
     images, labels = world.render_dataset(100, seed=12345, split="held_out")
     accuracy = train_clip.zero_shot_accuracy(model, train_clip.Tokens(32), images, labels)
-    assert accuracy["colour"] >= 0.9 and accuracy["background"] >= 0.9, accuracy
+    assert min(accuracy[name] for name in world.ATTRIBUTES) >= 0.95, accuracy
 
 
 def test_shapes_cnn_tower_builds_from_an_open_clip_config(tmp_path):

@@ -51,7 +51,8 @@ from pixgen.shapes.training import (
     augment_schedule,
     base_parser,
     cosine_lr,
-    crowd,
+    crowd_extras,
+    draw_crowds,
     log,
     random_affine,
     random_blur,
@@ -92,14 +93,18 @@ def attribute_indices(attrs: dict[str, str | None], count: int = ONE) -> list[in
     return [names[key].index(attrs[key]) if attrs.get(key) else -1 for key in _KEYS[:-1]] + [count]
 
 
-def crowd_caption(scene: world.Scene, rng: np.random.Generator | None = None) -> tuple[str, list[int]]:
-    """A caption of a crowd of scene's shape ("several red circles on a blue background") and its attributes.
+def crowd_caption(scene: world.Scene, extras: list[world.Scene],
+                  rng: np.random.Generator | None = None) -> tuple[str, list[int]]:
+    """A caption of scene crowded by extras ("several red circles on a blue background") and its attributes.
 
-    Without rng: every attribute, canonical wording. With one: random wording, and each of shape,
-    colour and background left out with probability 0.3.
+    Shape and colour are named only when every shape shares them. Without rng: canonical wording,
+    every attribute that applies. With one: random wording, each attribute left out with probability 0.3.
     """
-    keep = [True] * 3 if rng is None else [bool(rng.random() >= 0.3) for _ in range(3)]
-    shape, colour, background = (value if k else None for value, k in zip(scene.combo, keep, strict=True))
+    shape = scene.shape if all(e.shape == scene.shape for e in extras) else None
+    colour = scene.colour if all(e.colour == scene.colour for e in extras) else None
+    background = scene.background
+    if rng is not None:
+        shape, colour, background = (v if rng.random() >= 0.3 else None for v in (shape, colour, background))
     text = world.describe_crowd(shape, colour, background, rng)
     return text, attribute_indices({"shape": shape, "colour": colour, "background": background}, MANY)
 
@@ -160,7 +165,7 @@ class CaptionedPool:
     """Training images rendered once, with their scenes; draws augmented, captioned batches."""
 
     def __init__(self, n: int, seed: int, tokens: Tokens, split: str = "train", recolour_prob: float = 0.25,
-                 crowd_prob: float = 0.2):
+                 crowd_prob: float = 0.2, mixed_prob: float = 0.5):
         self.rng = np.random.default_rng(seed)
         self.gen = torch.Generator().manual_seed(seed)
         self.scenes = world.sample_scenes(n, self.rng, world.combos_for_split(split))
@@ -168,17 +173,18 @@ class CaptionedPool:
         self.tokens = tokens
         self.recolour_prob = recolour_prob
         self.crowd_prob = crowd_prob
+        self.mixed_prob = mixed_prob  # share of crowds whose extra shapes take any shape and colour
 
     def batch(self, size: int, augment_prob: float = 0.75) -> Batch:
         """A random batch: captions from the grammar; some images recoloured (shape-only captions), some
-        crowded with more copies of their shape (crowd captions), some augmented."""
+        crowded with more shapes (crowd captions), some augmented."""
         idx = torch.randint(len(self.images), (size,), generator=self.gen)
         scenes = [self.scenes[i] for i in idx.tolist()]
         images = to_unit(self.images[idx])
         draw = torch.rand(size, generator=self.gen)
         recoloured = (draw < self.recolour_prob).tolist()
         crowded = ((draw >= self.recolour_prob) & (draw < self.recolour_prob + self.crowd_prob)).tolist()
-        texts, image_attrs, caption_attrs = [], [], []
+        texts, image_attrs, caption_attrs, extras = [], [], [], {}
         for i, scene in enumerate(scenes):
             truth = attribute_indices({"shape": scene.shape, "colour": scene.colour,
                                        "background": scene.background, "size": scene.size})
@@ -188,17 +194,20 @@ class CaptionedPool:
                 text = world.describe(shape=scene.shape, size=size_word, rng=self.rng)
             elif crowded[i]:
                 truth[_KEYS.index("count")] = MANY
-                text, attrs = crowd_caption(scene, self.rng)
+                extras[i] = crowd_extras(scene, self.rng, mixed=bool(self.rng.random() < self.mixed_prob))
+                text, attrs = crowd_caption(scene, extras[i], self.rng)
+                shared = crowd_caption(scene, extras[i])[1]  # what every shape in the crowd has in common
+                truth[:2] = [value if value >= 0 else -2 for value in shared[:2]]
             else:
                 text = world.caption(scene, self.rng)
             texts.append(text)
             image_attrs.append(truth)
             caption_attrs.append(attrs if crowded[i] else attribute_indices(world.parse_caption(text)))
-        for flags, redraw in ((recoloured, lambda chosen: recolour(chosen, self.gen)),
-                              (crowded, lambda chosen: crowd(chosen, self.rng))):
-            chosen = [i for i, flag in enumerate(flags) if flag]
-            if chosen:
-                images[chosen] = redraw([scenes[i] for i in chosen])
+        chosen = [i for i, flag in enumerate(recoloured) if flag]
+        if chosen:
+            images[chosen] = recolour([scenes[i] for i in chosen], self.gen)
+        if extras:
+            images[list(extras)] = draw_crowds([scenes[i] for i in extras], list(extras.values()))
         chosen = (torch.rand(size, generator=self.gen) < augment_prob).nonzero().flatten()
         if len(chosen):
             images[chosen] = augment(images[chosen], self.gen)
@@ -301,15 +310,17 @@ def zero_shot_accuracy(model: torch.nn.Module, tokens: Tokens, images: torch.Ten
 
 
 @torch.no_grad()
+@torch.no_grad()
 def count_accuracy(model: torch.nn.Module, tokens: Tokens, scenes: list[world.Scene],
                    rng: np.random.Generator) -> float:
     """How often the canonical caption of the right count wins ("a red circle ..." vs "several red circles ..."),
-    over the scenes rendered alone and crowded."""
+    over the scenes rendered alone and crowded (half of the crowds mixed)."""
     model.eval()
+    extras = [crowd_extras(s, rng, mixed=i % 2 == 1) for i, s in enumerate(scenes)]
     singles = to_unit(world.scenes_to_tensors(scenes)[0])
-    crowds = crowd(scenes, rng)
+    crowds = draw_crowds(scenes, extras)
     one = embed_texts(model, tokens, [world.describe(*s.combo) for s in scenes])
-    many = embed_texts(model, tokens, [crowd_caption(s)[0] for s in scenes])
+    many = embed_texts(model, tokens, [crowd_caption(s, e)[0] for s, e in zip(scenes, extras, strict=True)])
     right = 0
     for images, truth_is_one in ((singles, True), (crowds, False)):
         emb = F.normalize(model.encode_image(normalise(images)).float(), dim=-1)

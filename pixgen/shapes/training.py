@@ -138,24 +138,36 @@ def recolour(scenes: list[world.Scene], gen: torch.Generator) -> torch.Tensor:
     return bg + alpha * (fg - bg)
 
 
-def crowd(scenes: list[world.Scene], rng: np.random.Generator, extra: tuple[int, int] = (1, 5)) -> torch.Tensor:
-    """Each scene with 1-5 more shapes of its kind and colours scattered over it: float [n, 3, 64, 64] in [0, 1].
+def crowd_extras(scene: world.Scene, rng: np.random.Generator, mixed: bool,
+                 extra: tuple[int, int] = (1, 4)) -> list[world.Scene]:
+    """1-4 more shapes to draw over scene: copies of its shape and colour, or (mixed) any shape in any other colour.
 
-    A contrastive negative for "a red circle ...": the world's captions promise one shape, and
-    without such images CLIP cannot tell one circle from a texture of them, which is exactly
-    what gradient ascent on its similarity then produces.
+    Crowds are contrastive negatives for "a red circle ...": the world's captions promise one
+    shape, and a CLIP that never saw one circle contrasted with several (or with a red circle and
+    an orange blob) is maximised just as well by those, which is what VQGAN+CLIP then paints.
     """
-    groups, everyone = [], []
-    for scene in scenes:
-        others = [replace(world.sample_scene(rng, [scene.combo]), fg=scene.fg, bg=scene.bg)
-                  for _ in range(int(rng.integers(extra[0], extra[1] + 1)))]
-        groups.append(len(others) + 1)
-        everyone += [scene, *others]
-    alpha = torch.from_numpy(world.coverage(everyone))
-    alpha = torch.stack([part.amax(dim=0) for part in alpha.split(groups)])[:, None]
-    fg = torch.tensor([s.fg or world.COLOURS[s.colour] for s in scenes], dtype=torch.float32)[:, :, None, None]
-    bg = torch.tensor([s.bg or world.COLOURS[s.background] for s in scenes], dtype=torch.float32)[:, :, None, None]
-    return (bg + alpha * (fg - bg)) / 255
+    combos = ([(s, c, scene.background) for s in world.SHAPES for c in world.COLOUR_NAMES if c != scene.background]
+              if mixed else [scene.combo])
+    extras = []
+    for _ in range(int(rng.integers(extra[0], extra[1] + 1))):
+        other = world.sample_scene(rng, combos)
+        extras.append(replace(other, bg=scene.bg, fg=other.fg if mixed else scene.fg))
+    return extras
+
+
+def draw_crowds(scenes: list[world.Scene], extras: list[list[world.Scene]]) -> torch.Tensor:
+    """Each scene with its extra shapes drawn over it, later ones on top: float [n, 3, 64, 64] in [0, 1]."""
+    everyone = [shape for scene, more in zip(scenes, extras, strict=True) for shape in (scene, *more)]
+    alpha = torch.from_numpy(world.coverage(everyone))[:, None]
+    fg = torch.tensor([s.fg or world.COLOURS[s.colour] for s in everyone], dtype=torch.float32)[:, :, None, None]
+    images, first = [], 0
+    for scene, more in zip(scenes, extras, strict=True):
+        image = torch.tensor(scene.bg or world.COLOURS[scene.background], dtype=torch.float32)[:, None, None]
+        for i in range(first, first + 1 + len(more)):
+            image = image + alpha[i] * (fg[i] - image)
+        images.append(image)
+        first += 1 + len(more)
+    return torch.stack(images) / 255
 
 
 def save_fp16_safetensors(state_dict: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, Any]) -> Path:
