@@ -11,6 +11,7 @@ the file is needed. ``weights_only=False`` is never used.
 from __future__ import annotations
 
 import contextlib
+import json
 import pickle
 import re
 from pathlib import Path
@@ -125,8 +126,23 @@ def save_safetensors(
     try:
         with atomic_path(path) as temp:
             save_file(tensors, temp, metadata=metadata)
+            _sort_header(Path(temp))
     except OSError as exc:
         raise CheckpointError(f"Cannot write {path}: {exc.strerror or exc}.") from exc
+
+
+def _sort_header(path: Path) -> None:
+    """Rewrite a safetensors header with sorted keys, so the same tensors and metadata give the same bytes.
+
+    safetensors keeps metadata in a hash map whose order changes from process to process, which
+    would make the sha256 of a retrained model differ from the registered one. Data offsets are
+    relative to the end of the header, and the format allows space padding, so the data is untouched.
+    """
+    raw = path.read_bytes()
+    size = int.from_bytes(raw[:8], "little")
+    header = json.dumps(json.loads(raw[8 : 8 + size]), sort_keys=True, separators=(",", ":")).encode()
+    header += b" " * (-len(header) % 8)
+    path.write_bytes(len(header).to_bytes(8, "little") + header + raw[8 + size :])
 
 
 def _prepare_for_save(state: dict[str, torch.Tensor], dtype: torch.dtype | None) -> dict[str, torch.Tensor]:

@@ -181,3 +181,19 @@ def test_corrupt_safetensors_gives_checkpoint_error(tmp_path):
     path.write_bytes(b"\x00" * 16)
     with pytest.raises(CheckpointError, match=r"bad\.safetensors is not a readable safetensors file"):
         load_state_dict(path)
+
+
+def test_same_tensors_and_metadata_give_the_same_bytes(tmp_path):
+    # safetensors orders metadata by a per-process hash map; pixgen sorts the header so that a
+    # retrained model reproduces the sha256 registered in checkpoints.yaml.
+    state = {"b.weight": torch.randn(3, 4), "a.bias": torch.arange(5.0)}
+    metadata = {f"key{i}": f"value {i}" for i in range(20)}
+    first, second = tmp_path / "one.safetensors", tmp_path / "two.safetensors"
+    save_safetensors(state, first, dtype=torch.float16, metadata=metadata)
+    save_safetensors(dict(reversed(state.items())), second, dtype=torch.float16,
+                     metadata=dict(reversed(metadata.items())))
+    assert first.read_bytes() == second.read_bytes()
+    with safe_open(str(first), framework="pt") as handle:
+        assert handle.metadata() == metadata
+        assert torch.equal(handle.get_tensor("a.bias"), torch.arange(5.0).half())
+    assert int.from_bytes(first.read_bytes()[:8], "little") % 8 == 0  # data stays 8-byte aligned

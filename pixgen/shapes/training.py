@@ -13,6 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pixgen.safe_load import save_safetensors
 from pixgen.shapes import world
 
 _MIN_PALETTE_DISTANCE = 70.0  # recoloured images keep this RGB distance (0-255 units) from every named colour
@@ -172,16 +173,8 @@ def draw_crowds(scenes: list[world.Scene], extras: list[list[world.Scene]]) -> t
 
 def save_fp16_safetensors(state_dict: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, Any]) -> Path:
     """Save floating tensors as fp16 (others unchanged) with metadata (non-strings JSON-encoded)."""
-    from safetensors.torch import save_file
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {
-        key: (value.detach().to(torch.float16) if value.is_floating_point() else value.detach()).contiguous()
-        for key, value in state_dict.items()
-    }
     text = {key: value if isinstance(value, str) else json.dumps(value) for key, value in metadata.items()}
-    save_file(tensors, str(path), metadata=text)
-    path.chmod(0o644)  # safetensors creates files readable by the owner only
+    save_safetensors(state_dict, path, dtype=torch.float16, metadata=text)
     return path
-
