@@ -46,7 +46,7 @@ class RunConfig:
     init_image: str | None = None  # image file for init "image"
     init_weight: float = 0.0  # weight of MSE(z, z_init): keeps the image near its start
     vqgan: str = "shapes-vqgan"  # registry name or local checkpoint file(s)
-    clip: list[str] = field(default_factory=lambda: ["shapes-clip"])  # one or more CLIP models
+    clip: list[str] = field(default_factory=lambda: ["shapes-clip", "shapes-clip-2"])  # several: an ensemble
     device: str = "auto"  # auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps
     precision: str = "fp32"  # autocast precision of the models: fp32, bf16, fp16
     save_every: int = 50  # save a progress frame every N steps (0: no frames)
