@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pixgen.models.inference import prepare_for_inference
+
 
 class CLIPScorer(nn.Module):
     """An open_clip model plus the image size and mean/std its weights were trained with."""
@@ -15,7 +17,7 @@ class CLIPScorer(nn.Module):
     def __init__(self, model: nn.Module, tokenizer, name: str,
                  mean: Sequence[float], std: Sequence[float]):
         super().__init__()
-        self.model = model.eval().requires_grad_(False)
+        self.model = prepare_for_inference(model.eval().requires_grad_(False))
         self.tokenizer = tokenizer
         self.name = name
         size = model.visual.image_size
