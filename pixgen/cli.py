@@ -239,7 +239,9 @@ def eval_command(prompts_file, seeds, output, overwrite, judge_spec, quiet, pres
                        f"{' '.join(verdict.judge.values())} [{verdict.seconds:.1f} s]")
 
     report = evaluate(config, prompts, seeds, output, judge=judge, overwrite=overwrite, on_image=show)
-    for scorer, title in (("judge", "shapes-judge (independent)"), ("guiding_clip", "shapes-clip (guides generation)")):
+    for scorer, title in (("judge", "shapes-judge (independent)"),
+                          ("judge_forced_choice", "shapes-judge, forced choice of circle/square/triangle"),
+                          ("guiding_clip", "shapes-clip (guides generation)")):
         scores = ", ".join(f"{k} {v:.1%}" for k, v in report[scorer].items())
         click.echo(f"{title}: {scores}")
     click.echo(f"{report['images']} images, {report['seconds_per_image']:.2f} s per image (median); "

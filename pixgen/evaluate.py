@@ -1,8 +1,10 @@
 """Prompt fidelity on the shapes world: generate an image per held-out prompt and seed, then judge it.
 
-The judge (``shapes-judge``) is a supervised CNN that never guides generation. The guiding
-``shapes-clip`` also scores the same images zero-shot, to show how much optimising against a
-model inflates its own opinion.
+The judge (``shapes-judge``) is a supervised CNN that never guides generation. It reads each image
+twice: strictly (its shape may be ``other``, "not one clean shape": several shapes, a blob, a
+fragment) and by forced choice (the likeliest of circle, square and triangle, however messy the
+picture). The guiding ``shapes-clip`` also scores the same images zero-shot, to show how much
+optimising against a model inflates its own opinion.
 """
 
 from __future__ import annotations
@@ -40,12 +42,13 @@ class Verdict:
     seed: int
     image: str  # path relative to the report folder
     expected: dict[str, str | None]
-    judge: dict[str, str]
+    judge: dict[str, str]  # the strict reading: shape may be "other"
+    judge_forced: dict[str, str]  # shape forced to circle, square or triangle
     clip: dict[str, str]
     seconds: float
 
     def correct(self, scorer: str) -> dict[str, bool]:
-        """Per attribute the prompt names: did ``scorer`` ("judge" or "clip") see it?"""
+        """Per attribute the prompt names: did ``scorer`` ("judge", "judge_forced" or "clip") see it?"""
         seen = getattr(self, scorer)
         return {a: seen[a] == self.expected[a] for a in ATTRIBUTES if self.expected.get(a)}
 
@@ -103,7 +106,8 @@ def evaluate(base: RunConfig, prompts: list[str], seeds: int, output_dir: Path, 
             name = f"images/{index:03d}-{slugify(prompt, 40)}-s{seed}.png"
             save_png(output_dir / name, to_pixels(image), png_text(config, loaded, config.steps))
             verdict = Verdict(prompt, seed, name, parse_caption(prompt), judge.predict(image)[0],
-                              clip_scorer.predict(image)[0], round(seconds, 3))
+                              judge.predict(image, forced_choice=True)[0], clip_scorer.predict(image)[0],
+                              round(seconds, 3))
             verdicts.append(verdict)
             if on_image is not None:
                 on_image(verdict)
@@ -125,13 +129,14 @@ def accuracy(verdicts: list[Verdict], scorer: str) -> dict[str, float]:
 
 
 def summarise(base: RunConfig, verdicts: list[Verdict]) -> dict:
-    """The report: accuracy by the judge and by the guiding CLIP, timing, and every verdict."""
+    """The report: accuracy by the judge (strict and forced choice) and the guiding CLIP, timing, every verdict."""
     seconds = [v.seconds for v in verdicts]
     return {
         "images": len(verdicts),
         "prompts": len({v.prompt for v in verdicts}),
         "seeds": len({v.seed for v in verdicts}),
         "judge": accuracy(verdicts, "judge"),
+        "judge_forced_choice": accuracy(verdicts, "judge_forced"),
         "guiding_clip": accuracy(verdicts, "clip"),
         "seconds_per_image": float(np.median(seconds)) if seconds else 0.0,
         "config": {k: v for k, v in asdict(base).items() if k not in ("prompt", "seed")},

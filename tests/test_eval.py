@@ -23,11 +23,12 @@ def test_eval_writes_report_images_and_contact_sheet(tmp_path, tiny_preset):
     assert "shapes-judge (independent):" in result.output and "shapes-clip (guides generation):" in result.output
     report = json.loads((out / "report.json").read_text())
     assert (report["images"], report["prompts"], report["seeds"]) == (4, 2, 2)
-    assert set(report["judge"]) == {"shape", "colour", "background", "all"}
+    assert set(report["judge"]) == set(report["judge_forced_choice"]) == {"shape", "colour", "background", "all"}
     assert set(report["guiding_clip"]) >= {"shape", "colour", "all"}
     first = report["verdicts"][0]
     assert first["expected"] == {"shape": "circle", "colour": "red", "background": "green", "size": None}
-    assert set(first["judge"]) == {"shape", "colour", "background"}
+    assert set(first["judge"]) == set(first["judge_forced"]) == {"shape", "colour", "background"}
+    assert first["judge_forced"]["shape"] in ("circle", "square", "triangle")
     assert read_png_text(out / first["image"])["seed"] == "0"
     assert report["verdicts"][3]["expected"]["background"] is None  # "a blue square" names no background
     with Image.open(out / "contact-sheet.png") as sheet:
@@ -46,8 +47,8 @@ def test_empty_prompts_file_is_an_error(tmp_path, tiny_preset):
 
 def verdict(expected, judge):
     keys = ("shape", "colour", "background")
-    return Verdict("p", 0, "x.png", dict(zip(keys, expected, strict=True)), dict(zip(keys, judge, strict=True)),
-                   dict(zip(keys, judge, strict=True)), 0.1)
+    seen = dict(zip(keys, judge, strict=True))
+    return Verdict("p", 0, "x.png", dict(zip(keys, expected, strict=True)), seen, seen, seen, 0.1)
 
 
 def test_accuracy_counts_only_named_attributes():

@@ -8,8 +8,9 @@ import pytest
 import torch
 from safetensors import safe_open
 
+from pixgen.errors import CheckpointError
 from pixgen.shapes import tower, train_clip, train_judge, world
-from pixgen.shapes.judge import JudgeConfig, JudgeNet, judge_metadata, load_judge
+from pixgen.shapes.judge import CLASSES, OTHER, JudgeConfig, JudgeNet, judge_metadata, load_judge
 from pixgen.shapes.training import crowd_extras, draw_crowds, random_far_colour_pairs, save_fp16_safetensors
 
 WEIGHTS = Path(__file__).resolve().parent.parent / "pixgen" / "weights"
@@ -30,8 +31,9 @@ def test_judge_training_steps_reduce_the_loss():
     gen = torch.Generator().manual_seed(0)
     net = JudgeNet(JudgeConfig(width=4, dropout=0.0))
     opt = torch.optim.Adam(net.parameters(), lr=1e-2)
-    images, labels = train_judge.sample_batch(pool, gen, 32, recolour_prob=0.25, augment_prob=0.5)
+    images, labels = train_judge.sample_batch(pool, gen, 32, recolour_prob=0.25, augment_prob=0.5, messy_prob=0.4)
     assert (labels[:, 1:] == -1).any() and (labels >= -1).all()
+    assert (labels[:, 0] == train_judge.OTHER_INDEX).any() and (labels[:, 0] < train_judge.OTHER_INDEX).any()
     losses = [train_judge.train_step(net, opt, images, labels) for _ in range(15)]
     assert losses[-1] < 0.7 * losses[0]
     assert len(train_judge.train_steps(net, opt, pool, gen, steps=2, batch_size=8)) == 2
@@ -100,6 +102,37 @@ def test_recoloured_images_stay_far_from_the_named_colours():
     palette = torch.tensor(list(world.COLOURS.values()), dtype=torch.float32)
     assert torch.cdist(torch.cat([fg, bg]), palette).min() >= 70
     assert (fg - bg).norm(dim=1).min() >= 80
+
+
+def test_messy_scenes_change_the_picture_and_are_labelled_other():
+    pool = train_judge.render_pool(200, seed=4)
+    idx = list(range(200))
+    images, labels = train_judge.draw_messy(pool, idx, torch.Generator().manual_seed(0))
+    again, _ = train_judge.draw_messy(pool, idx, torch.Generator().manual_seed(0))
+    assert torch.equal(images, again)  # deterministic per generator
+    messy = labels[:, 0] == train_judge.OTHER_INDEX
+    assert 0.7 * len(idx) < messy.sum() < len(idx)  # a bite that misses the shape keeps the clean label
+    changed = ((images - pool.images.float() / 255).abs().amax(dim=1) > 0.25).sum(dim=(1, 2))
+    assert changed[messy].min() >= 40
+    assert torch.equal(labels[~messy], pool.labels[~messy])
+    assert (labels[messy, 1] == -1).any() and (labels[messy, 1] >= 0).any()  # only mixed crowds lose the colour
+    assert torch.equal(labels[:, 2], pool.labels[:, 2])  # the background never changes
+
+
+def test_shipped_judge_calls_messy_renders_other_unless_forced_to_choose():
+    judge = load_judge()
+    images, _ = train_judge.messy_set(100, seed=12345)
+    strict = [p["shape"] for p in judge.predict(images)]
+    assert strict.count(OTHER) >= 0.8 * len(strict)  # 90 % on 4540 such renders (train_judge log)
+    assert {p["shape"] for p in judge.predict(images, forced_choice=True)} <= set(world.SHAPES)
+
+
+def test_judge_with_other_classes_is_refused(tmp_path):
+    net = JudgeNet(JudgeConfig(width=4))
+    metadata = judge_metadata(net.cfg) | {"classes": json.dumps({**CLASSES, "shape": world.SHAPES})}
+    path = save_fp16_safetensors(net.state_dict(), tmp_path / "old-judge.safetensors", metadata)
+    with pytest.raises(CheckpointError, match="other classes"):
+        load_judge(path)
 
 
 def test_weights_are_saved_as_fp16_with_metadata(tmp_path):

@@ -1,7 +1,10 @@
 """The shapes judge: a small supervised CNN that names an image's shape, colour and background.
 
 It is independent of the CLIP model that guides generation, so it can score prompt fidelity
-honestly. Train it with ``python -m pixgen.shapes.train_judge``; the shipped weights live in
+honestly. Its shape head has a fourth class, ``other``: not one clean circle, square or triangle
+(several shapes, a blob of merged shapes, a shape with a piece missing), which is what generation
+paints when it fails. ``predict(..., forced_choice=True)`` reads the best of the three shapes instead.
+Train it with ``python -m pixgen.shapes.train_judge``; the shipped weights live in
 ``pixgen/weights/shapes-judge.safetensors`` (fp16, architecture in the file's metadata).
 """
 
@@ -21,8 +24,9 @@ from pixgen.shapes.world import ATTRIBUTES, COLOUR_NAMES, IMAGE_SIZE, SHAPES
 
 DEFAULT_PATH = Path(__file__).resolve().parent.parent / "weights" / "shapes-judge.safetensors"
 FORMAT = "pixgen-shapes-judge"
+OTHER = "other"  # the shape class for "not one clean shape"
 # Class names of each head, in output order.
-CLASSES: dict[str, tuple[str, ...]] = {"shape": SHAPES, "colour": COLOUR_NAMES, "background": COLOUR_NAMES}
+CLASSES: dict[str, tuple[str, ...]] = {"shape": (*SHAPES, OTHER), "colour": COLOUR_NAMES, "background": COLOUR_NAMES}
 
 
 @dataclass
@@ -76,9 +80,15 @@ class Judge:
         chunks = [self.net(chunk) for chunk in images.split(batch_size)]
         return {name: torch.cat([c[name] for c in chunks]).softmax(dim=1) for name in CLASSES}
 
-    def predict(self, images: torch.Tensor) -> list[dict[str, str]]:
-        """Predicted names, one dict {shape, colour, background} per image in [0, 1], [N, 3, H, W]."""
-        indices = {name: p.argmax(dim=1).tolist() for name, p in self.probabilities(images).items()}
+    def predict(self, images: torch.Tensor, forced_choice: bool = False) -> list[dict[str, str]]:
+        """Predicted names, one dict {shape, colour, background} per image in [0, 1], [N, 3, H, W].
+
+        The shape may be ``other``; with ``forced_choice`` it is the likeliest of circle, square and triangle.
+        """
+        probabilities = self.probabilities(images)
+        if forced_choice:
+            probabilities["shape"] = probabilities["shape"][:, : len(SHAPES)]
+        indices = {name: p.argmax(dim=1).tolist() for name, p in probabilities.items()}
         return [{name: CLASSES[name][indices[name][i]] for name in CLASSES} for i in range(images.shape[0])]
 
     def accuracy(self, images: torch.Tensor, expected: Sequence[dict[str, str | None]]) -> dict[str, float]:
@@ -113,6 +123,8 @@ def load_judge(path: str | Path | None = None) -> Judge:
         state = {key: f.get_tensor(key).float() for key in f.keys()}  # noqa: SIM118
     if metadata.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a shapes judge (format {metadata.get('format')!r}, expected {FORMAT!r}).")
+    if json.loads(metadata.get("classes", "{}")) != {name: list(names) for name, names in CLASSES.items()}:
+        raise CheckpointError(f"{path} was trained for other classes than {CLASSES}; retrain it.")
     net = JudgeNet(JudgeConfig(**json.loads(metadata["config"])))
     net.load_state_dict(state)
     return Judge(net)

@@ -156,6 +156,37 @@ def crowd_extras(scene: world.Scene, rng: np.random.Generator, mixed: bool,
     return extras
 
 
+MESSY_KINDS: tuple[str, ...] = ("crowd", "mixed", "union", "bite")
+
+
+def _near(scene: world.Scene, rng: np.random.Generator, distance: tuple[float, float],
+          radius: tuple[float, float], fg: tuple[int, int, int] | None) -> world.Scene:
+    """A random shape drawn in fg, centred at distance × radius from scene's centre (kept on the canvas)."""
+    step = scene.radius * rng.uniform(*distance)
+    direction = rng.uniform(0, 2 * math.pi)
+    x = float(np.clip(scene.x + step * math.cos(direction), 0, world.IMAGE_SIZE))
+    y = float(np.clip(scene.y + step * math.sin(direction), 0, world.IMAGE_SIZE))
+    shape = world.SHAPES[int(rng.integers(len(world.SHAPES)))]
+    return replace(scene, shape=shape, x=x, y=y, radius=scene.radius * float(rng.uniform(*radius)),
+                   angle=float(rng.uniform(-45, 45)), fg=fg)
+
+
+def messy_extras(scene: world.Scene, rng: np.random.Generator) -> tuple[list[world.Scene], bool]:
+    """Shapes to draw over scene so that it no longer shows one clean shape, and whether its colour still holds.
+
+    One of MESSY_KINDS at random: more copies of the shape ("crowd"), shapes of other colours
+    ("mixed": the colour is then ambiguous), an overlapping shape of the same colour that merges
+    into a blob ("union"), or a background-coloured shape that bites a piece out ("bite").
+    These are what VQGAN+CLIP paints when it fails; the judge learns to call them "other".
+    """
+    kind = MESSY_KINDS[int(rng.integers(len(MESSY_KINDS)))]
+    if kind in ("crowd", "mixed"):
+        return crowd_extras(scene, rng, mixed=kind == "mixed", extra=(1, 3)), kind == "crowd"
+    if kind == "union":
+        return [_near(scene, rng, (0.6, 1.3), (0.5, 1.0), scene.fg)], True
+    return [_near(scene, rng, (0.3, 1.0), (0.4, 0.9), scene.bg or world.COLOURS[scene.background])], True
+
+
 def draw_crowds(scenes: list[world.Scene], extras: list[list[world.Scene]]) -> torch.Tensor:
     """Each scene with its extra shapes drawn over it, later ones on top: float [n, 3, 64, 64] in [0, 1]."""
     everyone = [shape for scene, more in zip(scenes, extras, strict=True) for shape in (scene, *more)]
