@@ -239,7 +239,7 @@ def eval_command(prompts_file, seeds, output, overwrite, judge_spec, quiet, pres
                        f"{' '.join(verdict.judge.values())} [{verdict.seconds:.1f} s]")
 
     report = evaluate(config, prompts, seeds, output, judge=judge, overwrite=overwrite, on_image=show)
-    for scorer, title in (("judge", "shapes-judge (independent)"),
+    for scorer, title in (("judge", "shapes-judge (independent), strict"),
                           ("judge_forced_choice", "shapes-judge, forced choice of circle/square/triangle"),
                           ("guiding_clip", "shapes-clip (guides generation)")):
         scores = ", ".join(f"{k} {v:.1%}" for k, v in report[scorer].items())

@@ -20,7 +20,8 @@ def test_eval_writes_report_images_and_contact_sheet(tmp_path, tiny_preset):
             "--steps", "2", "-o", str(out)]
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
-    assert "shapes-judge (independent):" in result.output and "shapes-clip (guides generation):" in result.output
+    assert "shapes-judge (independent), strict:" in result.output
+    assert "shapes-judge, forced choice" in result.output and "shapes-clip (guides generation):" in result.output
     report = json.loads((out / "report.json").read_text())
     assert (report["images"], report["prompts"], report["seeds"]) == (4, 2, 2)
     assert set(report["judge"]) == set(report["judge_forced_choice"]) == {"shape", "colour", "background", "all"}
