@@ -24,6 +24,7 @@ test: $(VENV)/.installed lint
 	$(PY) -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest ran no tests"; exit 1; fi; exit $$rc
 
 bench: $(VENV)/.installed
+	$(PY) benchmarks/default_run.py
 	$(PY) benchmarks/step_time.py
 
 clean-venv:
