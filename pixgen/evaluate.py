@@ -105,9 +105,9 @@ def evaluate(base: RunConfig, prompts: list[str], seeds: int, output_dir: Path, 
             seconds = time.perf_counter() - start
             name = f"images/{index:03d}-{slugify(prompt, 40)}-s{seed}.png"
             save_png(output_dir / name, to_pixels(image), png_text(config, loaded, config.steps))
-            verdict = Verdict(prompt, seed, name, parse_caption(prompt), judge.predict(image)[0],
-                              judge.predict(image, forced_choice=True)[0], clip_scorer.predict(image)[0],
-                              round(seconds, 3))
+            (strict,), (forced,) = judge.predict_both(image)
+            verdict = Verdict(prompt, seed, name, parse_caption(prompt), strict, forced,
+                              clip_scorer.predict(image)[0], round(seconds, 3))
             verdicts.append(verdict)
             if on_image is not None:
                 on_image(verdict)

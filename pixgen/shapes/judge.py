@@ -85,11 +85,12 @@ class Judge:
 
         The shape may be ``other``; with ``forced_choice`` it is the likeliest of circle, square and triangle.
         """
+        return _names(self.probabilities(images), forced_choice)
+
+    def predict_both(self, images: torch.Tensor) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+        """The strict and the forced-choice predictions (see predict) from one pass of the network."""
         probabilities = self.probabilities(images)
-        if forced_choice:
-            probabilities["shape"] = probabilities["shape"][:, : len(SHAPES)]
-        indices = {name: p.argmax(dim=1).tolist() for name, p in probabilities.items()}
-        return [{name: CLASSES[name][indices[name][i]] for name in CLASSES} for i in range(images.shape[0])]
+        return _names(probabilities, forced_choice=False), _names(probabilities, forced_choice=True)
 
     def accuracy(self, images: torch.Tensor, expected: Sequence[dict[str, str | None]]) -> dict[str, float]:
         """Fraction correct per attribute an expected dict names (None: not scored), plus "all" correct."""
@@ -101,6 +102,15 @@ class Judge:
                                                                                              strict=True))
         result["all"] /= max(1, len(predicted))
         return result
+
+
+def _names(probabilities: dict[str, torch.Tensor], forced_choice: bool) -> list[dict[str, str]]:
+    """The likeliest class name per attribute and image; forced_choice leaves ``other`` out of the shapes."""
+    if forced_choice:
+        probabilities = {**probabilities, "shape": probabilities["shape"][:, : len(SHAPES)]}
+    indices = {name: p.argmax(dim=1).tolist() for name, p in probabilities.items()}
+    count = len(indices["shape"])
+    return [{name: CLASSES[name][indices[name][i]] for name in CLASSES} for i in range(count)]
 
 
 def judge_metadata(cfg: JudgeConfig) -> dict[str, str]:
