@@ -310,7 +310,6 @@ def zero_shot_accuracy(model: torch.nn.Module, tokens: Tokens, images: torch.Ten
 
 
 @torch.no_grad()
-@torch.no_grad()
 def count_accuracy(model: torch.nn.Module, tokens: Tokens, scenes: list[world.Scene],
                    rng: np.random.Generator) -> float:
     """How often the canonical caption of the right count wins ("a red circle ..." vs "several red circles ..."),
