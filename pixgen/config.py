@@ -7,6 +7,7 @@ overrides < explicit CLI flags. Presets are YAML data, never code.
 from __future__ import annotations
 
 import difflib
+import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -16,12 +17,19 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from pixgen.errors import ConfigError
+from pixgen.prompts import parse_image_prompts, parse_prompts
 
 PRESET_DIR = Path(__file__).parent / "presets"
 DEFAULT_PRESET = "default"
 OPTIMIZERS = ("adam", "adamw", "sgd")
 INITS = ("random", "image", "pixels", "gradient", "perlin")
 PRECISIONS = ("fp32", "bf16", "fp16")
+DEVICE_KINDS = ("auto", "cpu", "cuda", "mps")  # cuda may carry an index: cuda:N
+# Upper limits, far above what a run needs, that stop a typo from asking for gigabytes
+# before pixgen's memory estimate (pixgen.memory) gets a say.
+MAX_SIDE = 4096  # pixels per side
+MAX_CUT_COUNT = 256  # cutouts per step and CLIP model
+MAX_STEPS = 100_000
 
 
 @dataclass
@@ -63,10 +71,18 @@ def list_presets() -> list[str]:
 
 
 def preset_path(name: str) -> Path:
-    """A bundled preset's file, or ``name`` itself when it is a YAML file path."""
+    """A bundled preset by name, or ``name`` itself when it is a ``.yaml``/``.yml`` file path.
+
+    Names are looked up in the preset folder only: a name is one plain word, never a path.
+    """
     candidate = Path(name)
-    if candidate.suffix in (".yaml", ".yml") and candidate.is_file():
+    if candidate.suffix in (".yaml", ".yml"):
+        if not candidate.is_file():
+            raise ConfigError(f"preset file {name} does not exist")
         return candidate
+    if not name or name != candidate.name or name in (".", "..") or name.startswith("."):
+        raise ConfigError(f"unknown preset {name!r}: a preset is a name from `pixgen presets list` "
+                          "or a path to a .yaml file")
     path = PRESET_DIR / f"{name}.yaml"
     if not path.is_file():
         raise ConfigError(f"unknown preset {name!r}; available: {', '.join(list_presets())}")
@@ -79,6 +95,8 @@ def read_yaml_mapping(path: Path, what: str) -> dict[str, Any]:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as err:
         raise ConfigError(f"cannot read {what} {path}: {err.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{what} {path} is not a UTF-8 text file (is it an image or other binary?)") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
@@ -87,6 +105,8 @@ def read_yaml_mapping(path: Path, what: str) -> dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{what} {path} must be a mapping of settings, not {type(data).__name__}")
+    if not all(isinstance(key, str) for key in data):
+        raise ConfigError(f"{what} {path} must have setting names as keys")
     return {k: v for k, v in data.items() if k != "description"}
 
 
@@ -151,37 +171,59 @@ def resolve_config(preset: str = DEFAULT_PRESET, config_file: Path | None = None
     return config
 
 
+def config_from_mapping(data: Any, source: str) -> RunConfig:
+    """A complete config from a mapping read back from disk (``run.yaml``, a PNG recipe), validated."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source} is not a pixgen run config (expected a mapping of settings)")
+    config = RunConfig(**OmegaConf.to_container(_merge_layer(OmegaConf.structured(RunConfig), data, source)))
+    validate(config)
+    return config
+
+
 def validate(config: RunConfig) -> None:
     """Range and choice checks that types alone cannot express; raises ConfigError."""
     def need(ok: bool, key: str, rule: str) -> None:
         if not ok:
             raise ConfigError(f"invalid value {getattr(config, key)!r} for {key!r}: {rule}")
 
-    need(len(config.size) == 2 and all(s >= 8 for s in config.size), "size",
-         "expected [width, height], each at least 8 pixels")
-    need(config.steps >= 1, "steps", "must be at least 1")
+    for f in fields(RunConfig):
+        value = getattr(config, f.name)
+        if isinstance(value, float):
+            need(math.isfinite(value), f.name, "must be a finite number")
+    need(len(config.size) == 2 and all(8 <= s <= MAX_SIDE for s in config.size), "size",
+         f"expected [width, height], each between 8 and {MAX_SIDE} pixels")
+    need(1 <= config.steps <= MAX_STEPS, "steps", f"must be between 1 and {MAX_STEPS}")
     need(config.seed is None or 0 <= config.seed < 2**63, "seed", "must be between 0 and 2**63 - 1")
     need(config.optimizer in OPTIMIZERS, "optimizer", f"must be one of {', '.join(OPTIMIZERS)}")
     need(config.lr > 0, "lr", "must be positive")
     need(config.lr_final is None or 0 <= config.lr_final <= config.lr, "lr_final",
          "must be between 0 and lr (or null for a constant learning rate)")
-    need(config.cut_count >= 1, "cut_count", "must be at least 1")
+    need(1 <= config.cut_count <= MAX_CUT_COUNT, "cut_count", f"must be between 1 and {MAX_CUT_COUNT}")
     need(config.cut_pow > 0, "cut_pow", "must be positive")
     need(0 < config.cut_min_scale <= 1, "cut_min_scale", "must be in (0, 1]")
     need(0 <= config.augment_rotate <= 180, "augment_rotate", "must be between 0 and 180 degrees")
-    need(config.augment_noise >= 0, "augment_noise", "must not be negative")
+    need(0 <= config.augment_noise <= 10, "augment_noise", "must be between 0 and 10")
     need(config.init in INITS, "init", f"must be one of {', '.join(INITS)}")
     need(config.init != "image" or bool(config.init_image), "init",
          "init 'image' needs init_image (--init-image PATH)")
     need(config.init_image is None or config.init == "image", "init_image",
          f"is set but init is {config.init!r}; set init to 'image' or remove init_image")
     need(config.init_weight >= 0, "init_weight", "must not be negative")
-    need(bool(config.clip), "clip", "needs at least one CLIP model")
+    need(bool(config.vqgan), "vqgan", "needs a VQGAN model")
+    need(bool(config.clip) and all(config.clip), "clip", "needs at least one CLIP model")
+    need(_is_device_name(config.device), "device", "expected auto, cpu, cuda, cuda:N or mps")
     need(config.precision in PRECISIONS, "precision", f"must be one of {', '.join(PRECISIONS)}")
     need(config.save_every >= 0, "save_every", "must not be negative (0 turns frames off)")
-    need(config.gif_fps > 0, "gif_fps", "must be positive")
+    need(0 < config.gif_fps <= 100, "gif_fps", "must be between 0 and 100")
     need(bool(config.prompt.strip()) or bool(config.image_prompts), "prompt",
          "give a text prompt or at least one image prompt")
+    parse_prompts(config.prompt)  # raises a ConfigError naming the bad prompt
+    parse_image_prompts(config.image_prompts)
+
+
+def _is_device_name(name: str) -> bool:
+    kind, _, index = name.partition(":")
+    return kind in DEVICE_KINDS and (not index or (kind == "cuda" and index.isdigit()))
 
 
 def config_to_yaml(config: RunConfig) -> str:

@@ -9,6 +9,7 @@ step (constant or cosine-decayed learning rate) -> clamp z to the codebook's per
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import random
 from collections.abc import Iterator
@@ -49,7 +50,7 @@ class Target:
 
     embedding: torch.Tensor  # (D,), unit length
     weight: float
-    stop: float
+    stop: float | None  # see pixgen.prompts
 
 
 @dataclass
@@ -60,10 +61,9 @@ class Step:
     total: int  # steps the run will take in all
     loss: float  # total loss of this step
     losses: list[float]  # per (CLIP model, prompt), in order
-    z: torch.Tensor  # the latents after the step
+    z: torch.Tensor  # the latents after the step (a copy: later steps do not change it)
     vqgan: VQGAN = field(repr=False)
-    optimizer: torch.optim.Optimizer = field(repr=False)
-    generator: torch.Generator = field(repr=False)
+    state: dict[str, Any] = field(repr=False)  # optimiser and RNG state as they were after this step
 
     def image(self) -> torch.Tensor:
         """The current image, (1, 3, H, W) in [0, 1] on the CPU."""
@@ -71,9 +71,17 @@ class Step:
             return synth(self.z, self.vqgan).float().cpu()
 
     def checkpoint(self) -> dict[str, Any]:
-        """Everything needed to continue from this step (pass it as ``generate(..., resume=)``)."""
-        return {"step": self.step, "z": self.z.cpu().clone(), "optimizer": self.optimizer.state_dict(),
-                "generator": self.generator.get_state()}
+        """Everything needed to continue from this step (pass it as ``generate(..., resume=)``).
+
+        It is the state at this step's boundary even when read later, e.g. after a Ctrl-C landed in
+        the middle of the next step, so resuming from it is exact.
+        """
+        return {"step": self.step, "z": self.z.cpu().clone(), **self.state}
+
+
+def snapshot(optimizer: torch.optim.Optimizer, generator: torch.Generator) -> dict[str, Any]:
+    """A copy of the optimiser and RNG state that later steps cannot change."""
+    return {"optimizer": copy.deepcopy(optimizer.state_dict()), "generator": generator.get_state()}
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -183,4 +191,4 @@ def generate(config: RunConfig, models: Models, *, init_image: torch.Tensor | No
         optimizer.step()
         clamp_to_codebook(z, vqgan.codebook)
         yield Step(step + 1, config.steps, total.item(), [loss.item() for loss in losses],
-                   z.detach(), vqgan, optimizer, generator)
+                   z.detach().clone(), vqgan, snapshot(optimizer, generator))

@@ -38,3 +38,11 @@ class OutputExists(PixgenError):
 
 class InputError(PixgenError):
     """An input file (init image, image prompt, prompt file) is missing or unreadable."""
+
+
+class OutputError(PixgenError):
+    """An output cannot be written: read-only folder, disk full, a file where a folder should be."""
+
+
+class OutOfMemory(PixgenError):
+    """A run needs more memory (RAM or VRAM) than the device has."""

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from pixgen.errors import OutputError
 
 
 def _umask() -> int:
@@ -15,21 +18,37 @@ def _umask() -> int:
     return mask
 
 
+def write_error(path: Path, err: OSError) -> OutputError:
+    """The one-line error for a failed write; a full disk says so and that earlier files are kept."""
+    reason = err.strerror or str(err)
+    if err.errno == errno.ENOSPC:
+        return OutputError(f"cannot write {path}: No space left on device; what was saved before is kept")
+    return OutputError(f"cannot write {path}: {reason}")
+
+
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it replaces ``path`` in one rename.
 
     The file gets the usual permissions (0666 less the umask), not mkstemp's private 0600.
+    An OSError while writing (read-only folder, full disk) becomes a one-line OutputError, and
+    ``path`` keeps its earlier content.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # keep the real suffix last: some writers (ffmpeg) pick the container from it
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{path.suffix}")
-    os.close(handle)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # keep the real suffix last: some writers (ffmpeg) pick the container from it
+        handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{path.suffix}")
+        os.close(handle)
+    except OSError as err:
+        raise write_error(path, err) from None
     try:
         yield Path(temp)
         os.chmod(temp, 0o666 & ~_umask())
         os.replace(temp, path)
+    except OSError as err:
+        Path(temp).unlink(missing_ok=True)
+        raise write_error(path, err) from None
     except BaseException:
         Path(temp).unlink(missing_ok=True)
         raise

@@ -42,10 +42,17 @@ def spherical_distance(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
 
 
 def prompt_loss(image_embeds: torch.Tensor, target: torch.Tensor,
-                weight: float, stop: float) -> torch.Tensor:
-    """Mean weighted spherical distance of (N, D) embeddings to one target; no gradient below ``stop``."""
+                weight: float, stop: float | None = None) -> torch.Tensor:
+    """Mean weighted spherical distance of (N, D) embeddings to one target.
+
+    With a ``stop``, a cutout gives no gradient once its prompt is satisfied: for a positive weight
+    when it is closer than ``stop`` to the target, for a negative weight when it is at least
+    ``stop`` away from it.
+    """
     distance = spherical_distance(image_embeds, target.unsqueeze(0))
-    distance = torch.where(distance < stop, distance.detach(), distance)
+    if stop is not None:
+        satisfied = distance < stop if weight >= 0 else distance >= stop
+        distance = torch.where(satisfied, distance.detach(), distance)
     return abs(weight) * (distance * (1.0 if weight >= 0 else -1.0)).mean()
 
 

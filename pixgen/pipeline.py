@@ -10,25 +10,28 @@ from __future__ import annotations
 import functools
 import re
 import secrets
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 from PIL import Image, UnidentifiedImageError
 
-from pixgen import __version__
-from pixgen.config import RunConfig, config_to_yaml, validate
+from pixgen.config import RunConfig, config_from_mapping, config_to_yaml, read_yaml_mapping, validate
 from pixgen.devices import pick_device
-from pixgen.engine import Models, Step, generate
-from pixgen.errors import ConfigError, InputError, OutputExists
+from pixgen.engine import OPTIMIZERS, Models, Step, generate, latent_grid
+from pixgen.errors import InputError, OutOfMemory, OutputError, OutputExists
 from pixgen.fileio import atomic_path, atomic_write_text
+from pixgen.memory import check_memory, is_out_of_memory, out_of_memory_message
 from pixgen.models.factory import Loaded, load_clip, load_vqgan
 from pixgen.output import save_gif, save_png, save_video, to_pixels
 from pixgen.prompts import parse_image_prompts
+from pixgen.recipe import input_hashes, png_text
 from pixgen.registry import load_registry
+
+__all__ = ["RunResult", "run", "resume_run", "load_models", "png_text", "export_animation", "slugify"]
 
 IMAGE_NAME = "image.png"
 GIF_NAME = "progress.gif"
@@ -68,8 +71,12 @@ def default_output_dir(config: RunConfig, root: Path = Path("outputs")) -> Path:
     return candidate
 
 
-def claim_output_dir(path: Path, overwrite: bool) -> None:
-    """Create the output folder; refuse one that already holds pixgen outputs unless ``overwrite``."""
+def claim_output_dir(path: Path, overwrite: bool) -> bool:
+    """Create the output folder (True if it was created); refuse one holding pixgen outputs unless ``overwrite``.
+
+    With ``overwrite``, the earlier run's outputs (and only those) are removed: call this only once
+    the new run is known to start.
+    """
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise OutputExists(f"output {path} exists and is not a folder")
@@ -77,23 +84,42 @@ def claim_output_dir(path: Path, overwrite: bool) -> None:
     if existing and not overwrite:
         raise OutputExists(f"output folder {path} already holds {existing[0]}; "
                            "pass --overwrite to replace it, or choose another --output")
-    if overwrite:
-        for frame in (path / FRAMES_DIR).glob("step-*.png"):
-            frame.unlink()
+    created = not path.exists()
     try:
         path.mkdir(parents=True, exist_ok=True)
+        if overwrite:
+            remove_outputs(path)
     except OSError as err:
-        raise OutputExists(f"cannot create output folder {path}: {err.strerror}") from None
+        raise OutputError(f"cannot create output folder {path}: {err.strerror}") from None
+    return created
+
+
+def remove_outputs(path: Path) -> None:
+    """Delete the files a pixgen run writes in ``path`` (and nothing else)."""
+    for frame in (path / FRAMES_DIR).glob("step-*.png"):
+        frame.unlink()
+    if (path / FRAMES_DIR).is_dir() and not any((path / FRAMES_DIR).iterdir()):
+        (path / FRAMES_DIR).rmdir()
+    for name in (IMAGE_NAME, GIF_NAME, CONFIG_NAME, STATE_NAME):
+        if (path / name).is_file():
+            (path / name).unlink()
 
 
 def read_image(path: str, what: str) -> torch.Tensor:
     """An image file -> (1, 3, H, W) float tensor in [0, 1]."""
     try:
-        with Image.open(path) as image:
-            pixels = np.asarray(image.convert("RGB"), dtype=np.float32) / 255
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                pixels = np.asarray(image.convert("RGB"), dtype=np.float32) / 255
     except FileNotFoundError:
         raise InputError(f"{what} {path} does not exist") from None
-    except (UnidentifiedImageError, OSError):
+    except IsADirectoryError:
+        raise InputError(f"{what} {path} is a folder, not an image") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise InputError(f"{what} {path} is too large to read safely (over {Image.MAX_IMAGE_PIXELS // 2} "
+                         "pixels); downscale it first") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
         raise InputError(f"{what} {path} is not a readable image") from None
     return torch.from_numpy(pixels).permute(2, 0, 1).unsqueeze(0)
 
@@ -120,69 +146,102 @@ def load_models(config: RunConfig) -> tuple[Models, list[Loaded]]:
     return Models(vqgan.module, [c.module for c in clips], device), [vqgan, *clips]
 
 
-def png_text(config: RunConfig, loaded: list[Loaded], steps_done: int) -> dict[str, str]:
-    """The recipe stored in every output PNG."""
-    models = [{"name": m.name, "sha256": m.sha256} for m in loaded]
-    return {
-        "Software": f"pixgen {__version__}",
-        "prompt": config.prompt,
-        "seed": str(config.seed),
-        "steps_done": str(steps_done),
-        "models": yaml.safe_dump(models, sort_keys=False),
-        "config": config_to_yaml(config),
-    }
-
-
 def _inputs(config: RunConfig) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
     init_image = read_image(config.init_image, "init image") if config.init == "image" else None
     images = {p.source: read_image(p.source, "image prompt") for p in parse_image_prompts(config.image_prompts)}
     return init_image, images
 
 
+@dataclass
+class Prepared:
+    """Everything a run needs, checked before anything is written."""
+
+    config: RunConfig  # validated, seed drawn
+    models: Models
+    loaded: list[Loaded]
+    init_image: torch.Tensor | None
+    prompt_images: dict[str, torch.Tensor]
+    inputs: dict[str, str]  # sha256 of each input image
+
+
+def prepare(config: RunConfig) -> Prepared:
+    """Validate ``config``, read its input images, load the models and check memory; no disk writes."""
+    if config.seed is None:
+        config = replace(config, seed=secrets.randbelow(2**31))
+    validate(config)
+    init_image, prompt_images = _inputs(config)
+    inputs = input_hashes(config)
+    models, loaded = load_models(config)
+    check_memory(config, models)
+    return Prepared(config, models, loaded, init_image, prompt_images, inputs)
+
+
 def run(config: RunConfig, output_dir: Path | None = None, *, overwrite: bool = False,
         on_step: Callable[[Step], None] | None = None, resume: dict | None = None) -> RunResult:
     """Generate one image for ``config`` and write every output into ``output_dir``.
 
-    Ctrl-C (KeyboardInterrupt) stops early but keeps the work: the current image, the frames,
-    the GIF and ``state.pt`` are written, and ``RunResult.completed`` is False.
+    Everything is checked before the output folder is created or changed. Ctrl-C
+    (KeyboardInterrupt) stops early but keeps the work: the image and ``state.pt`` of the last
+    whole step, the frames and the GIF are written, and ``RunResult.completed`` is False.
     """
-    if config.seed is None:
-        config = replace(config, seed=secrets.randbelow(2**31))
-    validate(config)
+    job = prepare(config)
+    config = job.config
     output_dir = Path(output_dir) if output_dir is not None else default_output_dir(config)
-    init_image, prompt_images = _inputs(config)
-    models, loaded = load_models(config)
-    if resume is None:
-        claim_output_dir(output_dir, overwrite)
-    atomic_write_text(output_dir / CONFIG_NAME, config_to_yaml(config))
+    if resume is not None:
+        check_state(resume, config, job.models, output_dir / STATE_NAME)
+        created = False
+    else:
+        created = claim_output_dir(output_dir, overwrite)
 
     frames = sorted((output_dir / FRAMES_DIR).glob("step-*.png")) if resume else []
     last: Step | None = None
     completed = False
     try:
-        for last in generate(config, models, init_image=init_image, prompt_images=prompt_images,
+        for last in generate(config, job.models, init_image=job.init_image, prompt_images=job.prompt_images,
                              resume=resume):
             if on_step is not None:
                 on_step(last)
-            if last.step % (config.save_every or STATE_EVERY) == 0 and last.step < config.steps:
-                if config.save_every:
+            if _is_save_point(config, last):
+                if config.save_every and last.step % config.save_every == 0:
                     frames.append(output_dir / FRAMES_DIR / f"step-{last.step:05d}.png")
                     save_png(frames[-1], to_pixels(last.image()))
                 save_state(output_dir / STATE_NAME, last)
+                atomic_write_text(output_dir / CONFIG_NAME, config_to_yaml(config))
         completed = True
     except KeyboardInterrupt:
-        pass
-    if last is None:
-        raise KeyboardInterrupt
-    return _finish(config, output_dir, last, loaded, frames, completed)
+        if last is None:
+            _forget_unstarted(output_dir, created)
+            raise
+    except Exception as err:
+        if not is_out_of_memory(err):
+            raise
+        if last is not None:
+            save_state(output_dir / STATE_NAME, last)
+        else:
+            _forget_unstarted(output_dir, created)
+        raise OutOfMemory(out_of_memory_message(config, job.models.device)) from None
+    return _finish(job, output_dir, last, frames, completed)
 
 
-def _finish(config: RunConfig, output_dir: Path, last: Step, loaded: list[Loaded],
-            frames: list[Path], completed: bool) -> RunResult:
+def _is_save_point(config: RunConfig, step: Step) -> bool:
+    """Steps after which a resume checkpoint is written: the first, then every save_every (or 10) steps."""
+    return step.step < config.steps and (step.step == 1 or step.step % (config.save_every or STATE_EVERY) == 0)
+
+
+def _forget_unstarted(output_dir: Path, created: bool) -> None:
+    """A run stopped before its first step leaves no trace: remove the folder if this run made it."""
+    if created and output_dir.is_dir() and not any(output_dir.iterdir()):
+        output_dir.rmdir()
+
+
+def _finish(job: Prepared, output_dir: Path, last: Step, frames: list[Path], completed: bool) -> RunResult:
+    config = job.config
     pixels = to_pixels(last.image())
     image_path = output_dir / IMAGE_NAME
-    save_png(image_path, pixels, png_text(config, loaded, last.step))
+    text = png_text(config, job.loaded, last.step, str(job.models.device), job.inputs)
+    save_png(image_path, pixels, text)
     save_state(output_dir / STATE_NAME, last)
+    atomic_write_text(output_dir / CONFIG_NAME, config_to_yaml(config))
     gif_path = None
     if config.gif:
         gif_path = output_dir / GIF_NAME
@@ -217,6 +276,52 @@ def save_state(path: Path, step: Step) -> None:
         torch.save(step.checkpoint(), temp)
 
 
+def read_state(path: Path) -> dict:
+    """Read a resume checkpoint without unpickling anything but tensors; refuse anything else in one line."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise InputError(f"{path} does not exist") from None
+    except Exception:  # torch raises many types for truncated, planted or foreign files
+        raise InputError(f"{path} is damaged or is not a pixgen state file; it cannot be resumed "
+                         "(start the run again, or resume an earlier copy)") from None
+    ok = (isinstance(state, dict) and isinstance(state.get("step"), int) and state["step"] >= 1
+          and isinstance(state.get("z"), torch.Tensor) and state["z"].is_floating_point() and state["z"].dim() == 4
+          and isinstance(state.get("optimizer"), dict) and isinstance(state.get("generator"), torch.Tensor)
+          and state["generator"].dtype == torch.uint8)
+    if not ok:
+        raise InputError(f"{path} is not a pixgen state file (missing or mistyped step, z, optimizer, generator)")
+    return state
+
+
+def check_state(state: dict, config: RunConfig, models: Models, path: Path) -> None:
+    """Refuse a checkpoint that does not fit this run's latent grid or optimiser."""
+    expected = (1, models.vqgan.config.embed_dim, *latent_grid(config.size, models.vqgan))
+    if tuple(state["z"].shape) != expected:
+        raise InputError(f"{path} holds latents of shape {tuple(state['z'].shape)}, but this run's "
+                         f"size and VQGAN need {expected}")
+    if not finite(state["z"]):
+        raise InputError(f"{path} holds latents that are not finite numbers")
+    try:
+        probe = torch.zeros(expected, requires_grad=True)
+        OPTIMIZERS[config.optimizer]([probe], config.lr).load_state_dict(state["optimizer"])
+        torch.Generator().set_state(state["generator"])
+    except (ValueError, KeyError, TypeError, RuntimeError, IndexError):
+        raise InputError(f"{path} does not hold a {config.optimizer} optimiser and RNG state "
+                         "for this run") from None
+
+
+def finite(tensor: torch.Tensor) -> bool:
+    """Whether every element of ``tensor`` is a finite number."""
+    return bool(torch.isfinite(tensor).all())
+
+
+def read_run_config(output_dir: Path) -> RunConfig:
+    """The config a run folder's ``run.yaml`` records, validated like any other config."""
+    path = Path(output_dir) / CONFIG_NAME
+    return config_from_mapping(read_yaml_mapping(path, "run config"), f"run config {path}")
+
+
 def resume_run(output_dir: Path, *, steps: int | None = None,
                on_step: Callable[[Step], None] | None = None) -> RunResult:
     """Continue an interrupted run from its ``state.pt``; ``steps`` may raise the total."""
@@ -224,14 +329,13 @@ def resume_run(output_dir: Path, *, steps: int | None = None,
     config_path, state_path = output_dir / CONFIG_NAME, output_dir / STATE_NAME
     if not config_path.is_file() or not state_path.is_file():
         raise InputError(f"{output_dir} is not a pixgen run folder (no {CONFIG_NAME} or {STATE_NAME})")
-    data = yaml.safe_load(config_path.read_text(encoding="utf-8"))
-    try:
-        config = RunConfig(**data)
-    except TypeError as err:
-        raise ConfigError(f"{config_path} is not a pixgen run config ({err})") from None
+    config = read_run_config(output_dir)
+    if config.seed is None:
+        raise InputError(f"{config_path} records no seed, so the run cannot be resumed exactly")
     if steps is not None:
         config = replace(config, steps=steps)
-    state = torch.load(state_path, map_location="cpu", weights_only=True)
+        validate(config)
+    state = read_state(state_path)
     if state["step"] >= config.steps:
         raise InputError(f"{output_dir} already ran {state['step']} of {config.steps} steps; "
                          "pass --steps with a larger total to continue")

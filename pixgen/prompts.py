@@ -1,4 +1,12 @@
-"""The prompt grammar: ``text:weight:stop``, several prompts joined by ``|``, image prompts."""
+"""The prompt grammar: ``text:weight:stop``, several prompts joined by ``|``, image prompts.
+
+- ``weight`` defaults to 1; a negative weight pushes the image away from the prompt.
+- ``stop`` (optional) ends a prompt's pull or push, as in the VQGAN-CLIP tools users come from:
+  a positive prompt stops pulling once the image is closer than ``stop`` to it; a negative prompt
+  stops pushing once the image is at least ``stop`` away from it. Distances are the spherical
+  distance of the loss, between 0 and about 4.93 (pi**2 / 2).
+- The text itself may contain colons; only up to two trailing numeric fields are read.
+"""
 
 from __future__ import annotations
 
@@ -7,22 +15,24 @@ from dataclasses import dataclass
 
 from pixgen.errors import ConfigError
 
+STORY_SEPARATOR = "^"
+
 
 @dataclass(frozen=True)
 class Prompt:
-    """One prompt: what to match (text or an image path), how much, and when to stop pulling."""
+    """One prompt: what to match (text or an image path), how much, and when to stop."""
 
     source: str  # the text, or the path of an image prompt
     weight: float = 1.0  # negative weights push the image away
-    stop: float = -math.inf  # distance below which this prompt stops contributing gradient
+    stop: float | None = None  # see the module docstring; None: never stops
     is_image: bool = False
 
 
-def _split_weight_stop(spec: str) -> tuple[str, float, float]:
-    """Peel up to two trailing ``:number`` fields off ``spec``."""
+def _trailing_numbers(spec: str) -> tuple[str, list[float]]:
+    """Split ``spec`` into its head and every trailing ``:number`` field."""
     numbers: list[float] = []
     head = spec
-    while len(numbers) < 2 and ":" in head:
+    while ":" in head:
         rest, _, tail = head.rpartition(":")
         try:
             value = float(tail)
@@ -30,24 +40,34 @@ def _split_weight_stop(spec: str) -> tuple[str, float, float]:
             break
         numbers.insert(0, value)
         head = rest
-    weight = numbers[0] if numbers else 1.0
-    stop = numbers[1] if len(numbers) > 1 else -math.inf
-    return head.strip(), weight, stop
+    return head.strip(), numbers
 
 
 def parse_prompt(spec: str, is_image: bool = False) -> Prompt:
     """Parse ``text[:weight[:stop]]``; the text itself may contain colons."""
-    source, weight, stop = _split_weight_stop(spec.strip())
+    source, numbers = _trailing_numbers(spec.strip())
     if not source:
-        raise ConfigError(f"empty prompt in {spec!r}")
+        raise ConfigError(f"empty prompt in {spec!r}: expected text[:weight[:stop]]")
+    if len(numbers) > 2:
+        raise ConfigError(f"too many ':' fields in prompt {spec!r}: expected text[:weight[:stop]]")
+    weight = numbers[0] if numbers else 1.0
+    stop = numbers[1] if len(numbers) > 1 else None
     if not math.isfinite(weight) or weight == 0:
-        raise ConfigError(f"prompt weight must be a non-zero number, got {weight} in {spec!r}")
+        raise ConfigError(f"prompt weight must be a finite non-zero number, got {weight} in {spec!r}")
+    if stop is not None and not (math.isfinite(stop) and stop >= 0):
+        raise ConfigError(f"prompt stop must be a finite number >= 0, got {stop} in {spec!r}")
     return Prompt(source, weight, stop, is_image)
 
 
 def parse_prompts(text: str) -> list[Prompt]:
-    """Parse several text prompts joined by ``|``."""
-    return [parse_prompt(part) for part in text.split("|") if part.strip()]
+    """Parse several text prompts joined by ``|`` (empty pieces are skipped, but not all of them)."""
+    if STORY_SEPARATOR in text:
+        raise ConfigError(f"'{STORY_SEPARATOR}' separates story prompts over the frames of an animation "
+                          f"(pixgen animate); in one image, combine prompts with '|': {text!r}")
+    pieces = [part for part in text.split("|") if part.strip()]
+    if text.strip() and not pieces:
+        raise ConfigError(f"prompt {text!r} holds no text between its '|' separators")
+    return [parse_prompt(part) for part in pieces]
 
 
 def parse_image_prompts(specs: list[str]) -> list[Prompt]:

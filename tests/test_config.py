@@ -43,7 +43,7 @@ def test_bundled_presets_all_validate():
     (["--set", "nonsense"], "Error: override 'nonsense' must look like key=value"),
     (["--preset", "nope"], "Error: unknown preset 'nope'; available: default, draft, imagenet, quality"),
     (["--optimizer", "lbfgs"], "Error: invalid value 'lbfgs' for 'optimizer': must be one of adam, adamw, sgd"),
-    (["--set", "size=[10]"], "Error: invalid value [10] for 'size': expected [width, height], each at least 8 pixels"),
+    (["--set", "size=[10]"], "Error: invalid value [10] for 'size': expected [width, height], each between 8 and 4096 pixels"),
     (["--lr", "0.1", "--set", "lr_final=0.5"],
      "Error: invalid value 0.5 for 'lr_final': must be between 0 and lr (or null for a constant learning rate)"),
 ])

@@ -38,12 +38,22 @@ def test_spherical_distance_values():
 def test_prompt_loss_weight_sign_and_stop():
     embeds = torch.nn.functional.normalize(torch.randn(4, 8), dim=-1).requires_grad_(True)
     target = torch.nn.functional.normalize(torch.randn(8), dim=0)
-    plain = prompt_loss(embeds, target, 2.0, -math.inf)
+    plain = prompt_loss(embeds, target, 2.0)
     assert plain.item() > 0
-    assert math.isclose(prompt_loss(embeds, target, -2.0, -math.inf).item(), -plain.item(), rel_tol=1e-6)
+    assert math.isclose(prompt_loss(embeds, target, -2.0).item(), -plain.item(), rel_tol=1e-6)
     stopped = prompt_loss(embeds, target, 1.0, stop=100.0)
     stopped.backward()
     assert torch.count_nonzero(embeds.grad) == 0  # every distance is below the stop value
+
+
+def test_negative_prompt_stops_pushing_once_far_enough():
+    embeds = torch.nn.functional.normalize(torch.randn(4, 8), dim=-1).requires_grad_(True)
+    target = torch.nn.functional.normalize(torch.randn(8), dim=0)
+    prompt_loss(embeds, target, -1.0, stop=0.0).backward()  # every cutout is at least 0 away
+    assert torch.count_nonzero(embeds.grad) == 0
+    embeds.grad = None
+    prompt_loss(embeds, target, -1.0, stop=100.0).backward()  # none is that far yet: keep pushing
+    assert torch.count_nonzero(embeds.grad) > 0
 
 
 def test_clamp_to_codebook_is_per_channel():

@@ -1,7 +1,5 @@
 """The prompt grammar."""
 
-import math
-
 import pytest
 
 from pixgen.errors import ConfigError
@@ -10,14 +8,14 @@ from pixgen.prompts import Prompt, parse_image_prompts, parse_prompt, parse_prom
 
 def test_text_weight_stop():
     assert parse_prompt("a red circle:2:0.5") == Prompt("a red circle", 2.0, 0.5)
-    assert parse_prompt("a red circle:-1") == Prompt("a red circle", -1.0, -math.inf)
-    assert parse_prompt("plain") == Prompt("plain", 1.0, -math.inf)
+    assert parse_prompt("a red circle:-1") == Prompt("a red circle", -1.0, None)
+    assert parse_prompt("plain") == Prompt("plain", 1.0, None)
 
 
 def test_colons_inside_text_are_kept():
-    assert parse_prompt("time: 12:30 pm:3") == Prompt("time: 12:30 pm", 3.0, -math.inf)
-    assert parse_prompt("ratio 16:9") == Prompt("ratio 16", 9.0, -math.inf)  # trailing number is a weight
-    assert parse_prompt("a: b") == Prompt("a: b", 1.0, -math.inf)
+    assert parse_prompt("time: 12:30 pm:3") == Prompt("time: 12:30 pm", 3.0, None)
+    assert parse_prompt("ratio 16:9") == Prompt("ratio 16", 9.0, None)  # trailing number is a weight
+    assert parse_prompt("a: b") == Prompt("a: b", 1.0, None)
 
 
 def test_pipes_split_prompts():
@@ -29,10 +27,16 @@ def test_pipes_split_prompts():
 
 def test_image_prompts():
     (prompt,) = parse_image_prompts(["/tmp/cat.png:0.5"])
-    assert prompt == Prompt("/tmp/cat.png", 0.5, -math.inf, is_image=True)
+    assert prompt == Prompt("/tmp/cat.png", 0.5, None, is_image=True)
 
 
-@pytest.mark.parametrize("bad", [":2", "text:0", "  "])
+@pytest.mark.parametrize("bad", [":2", "text:0", "  ", "a:1:2:3:4", "a:1:nan", "a:nan", "a:1:-1", "a:inf"])
 def test_bad_prompts_raise(bad):
     with pytest.raises(ConfigError):
         parse_prompt(bad)
+
+
+@pytest.mark.parametrize("bad", ["|", " | | ", "a red circle ^ a blue square", "^"])
+def test_bad_prompt_lists_raise(bad):
+    with pytest.raises(ConfigError):
+        parse_prompts(bad)

@@ -1,0 +1,93 @@
+"""The recipe every output PNG carries, and re-running it: ``pixgen run --from IMAGE.png``.
+
+A recipe records what the pixels depend on: the resolved config (seed included), the models and
+their sha256, the sha256 of every input image, the pixgen and torch versions, the device actually
+used and the CPU thread count. Same recipe + same inputs + same versions, device and thread
+count give a byte-identical PNG on the CPU; a different thread count may change the last bits.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pixgen import __version__
+from pixgen.config import RunConfig, config_to_yaml
+from pixgen.downloads import sha256_file
+from pixgen.errors import InputError
+from pixgen.prompts import parse_image_prompts
+
+
+def input_files(config: RunConfig) -> list[str]:
+    """The image files a run reads: its init image and image prompts."""
+    files = [config.init_image] if config.init == "image" and config.init_image else []
+    return files + [prompt.source for prompt in parse_image_prompts(config.image_prompts)]
+
+
+def input_hashes(config: RunConfig) -> dict[str, str]:
+    """sha256 of every input image of a run, by the path the config names."""
+    hashes = {}
+    for path in input_files(config):
+        try:
+            hashes[path] = sha256_file(Path(path))
+        except OSError as err:
+            raise InputError(f"cannot read input image {path}: {err.strerror}") from None
+    return hashes
+
+
+def png_text(config: RunConfig, loaded: list, steps_done: int, device: str | None = None,
+             inputs: dict[str, str] | None = None) -> dict[str, str]:
+    """The recipe stored in every output PNG's text chunks."""
+    import torch
+
+    models = [{"name": m.name, "sha256": m.sha256} for m in loaded]
+    text = {
+        "Software": f"pixgen {__version__}",
+        "prompt": config.prompt,
+        "seed": str(config.seed),
+        "steps_done": str(steps_done),
+        "models": yaml.safe_dump(models, sort_keys=False),
+        "config": config_to_yaml(config),
+        "inputs": yaml.safe_dump(inputs if inputs is not None else input_hashes(config), sort_keys=True),
+        "environment": yaml.safe_dump({"torch": str(torch.__version__), "device": device or config.device,
+                                       "threads": torch.get_num_threads()}, sort_keys=False),
+    }
+    return text
+
+
+def read_recipe(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
+    """The config mapping and input hashes stored in a pixgen PNG."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            image.load()
+            text = dict(getattr(image, "text", {}))
+    except FileNotFoundError:
+        raise InputError(f"{path} does not exist") from None
+    except (UnidentifiedImageError, OSError, ValueError):
+        raise InputError(f"{path} is not a readable PNG") from None
+    if "config" not in text:
+        raise InputError(f"{path} carries no pixgen recipe (no 'config' text chunk)")
+    try:
+        config = yaml.safe_load(text["config"])
+        inputs = yaml.safe_load(text.get("inputs", "")) or {}
+    except yaml.YAMLError:
+        raise InputError(f"the recipe in {path} is not valid YAML") from None
+    if not isinstance(config, dict) or not isinstance(inputs, dict):
+        raise InputError(f"the recipe in {path} is not a pixgen recipe")
+    return config, {str(k): str(v) for k, v in inputs.items()}
+
+
+def check_inputs(config: RunConfig, recorded: dict[str, str], source: Path) -> None:
+    """Refuse to re-run a recipe whose input images are missing or changed since it was made."""
+    for path in input_files(config):
+        if path not in recorded:
+            continue  # an input added on top of the recipe: nothing to compare with
+        if not Path(path).is_file():
+            raise InputError(f"input image {path} named in the recipe of {source} is missing")
+        if sha256_file(Path(path)) != recorded[path]:
+            raise InputError(f"input image {path} changed since {source} was made "
+                             f"(sha256 differs from the recipe's {recorded[path][:12]}…)")
