@@ -6,6 +6,7 @@ Heavy modules (torch, the models) are imported inside commands so ``pixgen --hel
 from __future__ import annotations
 
 import functools
+import math
 import os
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ from pathlib import Path
 import click
 
 from pixgen import __version__
+from pixgen.config import INITS, OPTIMIZERS, PRECISIONS  # no torch: --help stays fast
 from pixgen.errors import ConfigError, PixgenError
 
 
@@ -22,17 +24,39 @@ class ConfigProblem(click.ClickException):
     exit_code = 2
 
 
+class Interrupted(click.ClickException):
+    """Ctrl-C before any work was done: one line, exit code 130."""
+
+    exit_code = 130
+
+
 def reports_errors(command):
-    """Turn the library's PixgenError into a one-line Click error (no traceback)."""
+    """Turn the library's PixgenError into a one-line Click error (no traceback).
+
+    Anything else is a bug: it keeps its traceback, but a one-line summary comes first.
+    """
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         try:
             return command(*args, **kwargs)
         except ConfigError as err:
-            raise ConfigProblem(str(err)) from None
+            raise ConfigProblem(one_line(err)) from None
         except PixgenError as err:
-            raise click.ClickException(str(err)) from None
+            raise click.ClickException(one_line(err)) from None
+        except KeyboardInterrupt:
+            raise Interrupted("interrupted; nothing was written") from None
+        except (click.exceptions.Exit, click.ClickException, click.Abort, SystemExit):
+            raise
+        except Exception as err:
+            click.echo(f"Error: internal error (a bug in pixgen, please report it): "
+                       f"{type(err).__name__}: {one_line(err)}", err=True)
+            raise
     return wrapper
+
+
+def one_line(err: BaseException) -> str:
+    """An exception's message on one line."""
+    return " ".join(str(err).split())
 
 
 def parse_size(_ctx, _param, value: str | None) -> list[int] | None:
@@ -45,9 +69,16 @@ def parse_size(_ctx, _param, value: str | None) -> list[int] | None:
         raise click.BadParameter(f"{value!r} is not WIDTHxHEIGHT or a single number") from None
     if len(parts) == 1:
         parts *= 2
-    if len(parts) != 2 or min(parts) < 8:
-        raise click.BadParameter(f"{value!r}: expected WIDTHxHEIGHT, each at least 8")
+    if len(parts) != 2:
+        raise click.BadParameter(f"{value!r}: expected WIDTHxHEIGHT or a single number")
     return parts
+
+
+def finite_float(_ctx, param, value: float | None) -> float | None:
+    """Refuse nan and infinities for a float option."""
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter(f"{value} is not a finite number", param=param)
+    return value
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -79,27 +110,32 @@ def config_options(command):
         click.option("--vqgan", help="VQGAN: registry name, CHECKPOINT file or CONFIG.yaml,CHECKPOINT."),
         click.option("--clip", multiple=True,
                      help="CLIP model: registry name, ARCH:WEIGHTS or CONFIG.json (repeatable)."),
-        click.option("--lr", type=float, help="Learning rate."),
-        click.option("--optimizer", help="adam, adamw or sgd."),
+        click.option("--lr", type=float, callback=finite_float, help="Learning rate."),
+        click.option("--lr-final", type=float, callback=finite_float,
+                     help="Learning rate at the last step, reached by cosine decay (default: constant)."),
+        click.option("--optimizer", type=click.Choice(OPTIMIZERS, case_sensitive=False), help="Optimiser."),
         click.option("--cut-count", type=int, help="Cutouts per step."),
-        click.option("--cut-pow", type=float, help="Cutout size power."),
-        click.option("--init", help="Initial image: random, image, pixels, gradient or perlin."),
+        click.option("--cut-pow", type=float, callback=finite_float, help="Cutout size power."),
+        click.option("--init", type=click.Choice(INITS, case_sensitive=False), help="Initial image."),
         click.option("--init-image", help="Start from this image (sets --init image)."),
-        click.option("--init-weight", type=float, help="Keep the image near its start (MSE weight)."),
+        click.option("--init-weight", type=float, callback=finite_float,
+                     help="Keep the image near its start (MSE weight)."),
         click.option("--image-prompt", "image_prompts", multiple=True, metavar="PATH[:WEIGHT]",
                      help="Image to match as well as or instead of text (repeatable)."),
         click.option("--save-every", type=int, help="Save a progress frame every N steps (0: none)."),
         click.option("--gif/--no-gif", default=None, help="Write the progress GIF."),
         click.option("--device", help="auto, cpu, cuda, cuda:N or mps."),
-        click.option("--precision", help="fp32, bf16 or fp16 autocast."),
+        click.option("--precision", type=click.Choice(PRECISIONS, case_sensitive=False),
+                     help="Autocast precision."),
     ]
     for option in reversed(options):
         command = option(command)
     return command
 
 
-def build_config(prompt: str | None, preset: str, config_file: Path | None, overrides: tuple[str, ...], **flags):
-    """Resolve defaults < preset < config file < --set < explicit flags."""
+def build_config(prompt: str | None, preset: str, config_file: Path | None, overrides: tuple[str, ...],
+                 recipe: Path | None = None, **flags):
+    """Resolve defaults < preset (or a PNG's recipe) < config file < --set < explicit flags."""
     from pixgen.config import resolve_config
 
     if flags.get("init_image") and not flags.get("init"):
@@ -107,7 +143,15 @@ def build_config(prompt: str | None, preset: str, config_file: Path | None, over
     flags["clip"] = list(flags["clip"]) or None
     flags["image_prompts"] = list(flags["image_prompts"]) or None
     flags["prompt"] = prompt
-    return resolve_config(preset, config_file, list(overrides), flags)
+    if recipe is None:
+        return resolve_config(preset, config_file, list(overrides), flags)
+    from pixgen.recipe import check_inputs, read_recipe
+
+    recorded, inputs = read_recipe(recipe)
+    config = resolve_config(preset, config_file, list(overrides), flags, base=recorded,
+                            base_source=f"the recipe in {recipe}")
+    check_inputs(config, inputs, recipe)
+    return config
 
 
 class ProgressBar:
@@ -157,19 +201,21 @@ def report(result) -> None:
 @cli.command()
 @click.argument("prompt", required=False, default=None)
 @config_options
+@click.option("--from", "recipe", type=click.Path(dir_okay=False, path_type=Path),
+              help="Re-run the recipe stored in a pixgen PNG (other options override it).")
 @click.option("-o", "--output", type=click.Path(path_type=Path),
               help="Output folder (default: outputs/<prompt>, numbered if taken).")
 @click.option("--overwrite", is_flag=True, help="Replace outputs already in the output folder.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @reports_errors
-def run(prompt, output, overwrite, quiet, preset, config_file, overrides, **flags) -> None:
+def run(prompt, recipe, output, overwrite, quiet, preset, config_file, overrides, **flags) -> None:
     """Generate an image for PROMPT ("text:weight:stop", several joined with "|").
 
     Example: pixgen run "a yellow triangle on a purple background" --seed 1
     """
     from pixgen.pipeline import run as run_pipeline
 
-    config = build_config(prompt, preset, config_file, overrides, **flags)
+    config = build_config(prompt, preset, config_file, overrides, recipe, **flags)
     run_with_progress(lambda progress: run_pipeline(config, output, overwrite=overwrite, on_step=progress), quiet)
 
 
@@ -190,18 +236,20 @@ def resume(folder, steps, quiet) -> None:
 
 @cli.command()
 @click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--format", "fmt", type=click.Choice(["mp4", "gif"]), default="mp4", show_default=True)
-@click.option("--fps", type=click.FloatRange(min=0.1), default=10.0, show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["mp4", "webm", "gif"], case_sensitive=False),
+              help="Video or GIF (default: from the -o suffix, else mp4).")
+@click.option("--fps", type=click.FloatRange(min=0.1, max=100), callback=finite_float, default=10.0,
+              show_default=True)
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
-              help="Where to write (default: FOLDER/progress.mp4 or .gif).")
+              help="Where to write (default: FOLDER/progress.mp4, .webm or .gif).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing file.")
 @reports_errors
 def export(folder, fmt, fps, output, overwrite) -> None:
-    """Export a run's frames as a video (MP4) or GIF of the image forming.
+    """Export a run's or an animation's frames as a video (MP4, WebM) or GIF.
 
     Example: pixgen export outputs/a-red-circle --format mp4 --fps 15
     """
-    from pixgen.pipeline import export_animation
+    from pixgen.export import export_animation
 
     click.echo(export_animation(folder, fmt, fps, output, overwrite))
 
@@ -224,12 +272,13 @@ def eval_command(prompts_file, seeds, output, overwrite, judge_spec, quiet, pres
 
     Example: pixgen eval --preset default --seeds 2 -o outputs/eval
     """
-    from pixgen.evaluate import evaluate, read_prompts
+    from pixgen.evaluate import check_prompts, evaluate, read_prompts
     from pixgen.models.factory import load_judge_model
     from pixgen.registry import load_registry
 
     prompts = read_prompts(prompts_file)
     config = build_config(prompts[0], preset, config_file, overrides, **flags)
+    check_prompts(config, prompts)
     judge = load_judge_model(judge_spec, load_registry()).module
 
     def show(verdict) -> None:

@@ -154,10 +154,14 @@ def _type_hint(key: str) -> str:
 
 
 def resolve_config(preset: str = DEFAULT_PRESET, config_file: Path | None = None,
-                   overrides: list[str] = (), flags: dict[str, Any] | None = None) -> RunConfig:
-    """Layer defaults < preset < config file < ``--set`` overrides < flags, then validate."""
+                   overrides: list[str] = (), flags: dict[str, Any] | None = None,
+                   base: dict[str, Any] | None = None, base_source: str = "the recipe") -> RunConfig:
+    """Layer defaults < preset (or ``base``, a whole recorded config) < config file < ``--set`` < flags."""
     merged = OmegaConf.structured(RunConfig)
-    merged = _merge_layer(merged, read_yaml_mapping(preset_path(preset), "preset"), f"preset {preset!r}")
+    if base is not None:
+        merged = _merge_layer(merged, base, base_source)
+    else:
+        merged = _merge_layer(merged, read_yaml_mapping(preset_path(preset), "preset"), f"preset {preset!r}")
     if config_file is not None:
         merged = _merge_layer(merged, read_yaml_mapping(Path(config_file), "config file"),
                               f"config file {config_file}")

@@ -20,9 +20,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from pixgen.config import RunConfig
+from pixgen.config import RunConfig, validate
 from pixgen.engine import generate
-from pixgen.errors import InputError, OutputExists
+from pixgen.errors import ConfigError, InputError, OutputExists
 from pixgen.fileio import atomic_path, atomic_write_text
 from pixgen.models.clip import CLIPScorer
 from pixgen.output import save_png, to_pixels
@@ -61,6 +61,8 @@ def read_prompts(path: Path | None) -> list[str]:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
     except OSError as err:
         raise InputError(f"cannot read prompts file {path}: {err.strerror}") from None
+    except UnicodeDecodeError:
+        raise InputError(f"prompts file {path} is not a UTF-8 text file") from None
     prompts = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
     if not prompts:
         raise InputError(f"prompts file {path} holds no prompts")
@@ -88,12 +90,28 @@ def final_image(config: RunConfig, models) -> torch.Tensor:
     return deque(generate(config, models), maxlen=1)[0].image()
 
 
+def check_prompts(base: RunConfig, prompts: list[str]) -> None:
+    """Refuse, before generating anything, a prompt the run would reject or the judge cannot score."""
+    for number, prompt in enumerate(prompts, 1):
+        try:
+            validate(replace(base, prompt=prompt, seed=0))
+        except ConfigError as err:
+            raise ConfigError(f"eval prompt {number} ({prompt!r}): {err}") from None
+        expected = parse_caption(prompt)
+        if not any(expected.get(a) for a in ATTRIBUTES):
+            raise InputError(f"eval prompt {number} ({prompt!r}) names no shape, colour or background of the "
+                             "shapes world, so the judge cannot score it")
+
+
 def evaluate(base: RunConfig, prompts: list[str], seeds: int, output_dir: Path, *, judge,
              overwrite: bool = False, on_image: Callable[[Verdict], None] | None = None) -> dict:
     """Generate and judge ``len(prompts) * seeds`` images; write images, report.json and a contact sheet."""
     output_dir = Path(output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise OutputExists(f"output {output_dir} exists and is not a folder")
     if (output_dir / REPORT_NAME).exists() and not overwrite:
         raise OutputExists(f"{output_dir / REPORT_NAME} exists; pass --overwrite or choose another --output")
+    check_prompts(base, prompts)
     models, loaded = load_models(base)
     clip_scorer = ClipClassifier(models.clips[0])
     verdicts = []

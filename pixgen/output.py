@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, PngImagePlugin
 
-from pixgen.errors import InputError
+from pixgen.errors import InputError, OutputError
 from pixgen.fileio import atomic_path
 
 
@@ -43,17 +43,37 @@ def save_gif(path: Path, frames: list[np.ndarray], fps: float) -> None:
         iio.imwrite(temp, np.stack(frames), extension=".gif", duration=1000.0 / fps, loop=0)
 
 
+VIDEO_CODECS = {".mp4": "libx264", ".webm": "libvpx-vp9"}
+
+
+def ffmpeg_binary() -> str:
+    """The ffmpeg that imageio-ffmpeg ships (or IMAGEIO_FFMPEG_EXE); one-line errors when missing."""
+    try:
+        import imageio_ffmpeg
+    except ImportError:
+        raise InputError("video export needs imageio-ffmpeg: pip install 'pixgen[video]'") from None
+    try:
+        return imageio_ffmpeg.get_ffmpeg_exe()
+    except (RuntimeError, OSError) as err:
+        raise InputError(f"video export needs an ffmpeg binary and none was found ({err}); "
+                         "reinstall imageio-ffmpeg or set IMAGEIO_FFMPEG_EXE") from None
+
+
 def save_video(path: Path, frames: list[np.ndarray], fps: float) -> None:
-    """Write frames as an H.264 MP4 (needs the ``video`` extra: imageio-ffmpeg)."""
+    """Write frames as an H.264 MP4 or VP9 WebM, by ``path``'s suffix (needs imageio-ffmpeg)."""
     import imageio.v3 as iio
 
-    try:
-        import imageio_ffmpeg  # noqa: F401
-    except ImportError:
-        raise InputError("MP4 export needs imageio-ffmpeg: pip install 'pixgen[video]'") from None
+    codec = VIDEO_CODECS.get(Path(path).suffix.lower())
+    if codec is None:
+        raise InputError(f"cannot write video {path}: use a .mp4 or .webm file name")
+    ffmpeg_binary()
     height, width = frames[0].shape[:2]
-    # H.264 in yuv420p needs even sides; pad by repeating the last row/column.
+    # yuv420p needs even sides; pad by repeating the last row/column.
     padded = [np.pad(f, ((0, height % 2), (0, width % 2), (0, 0)), mode="edge") for f in frames]
     with atomic_path(path) as temp:
-        iio.imwrite(temp, np.stack(padded), extension=".mp4", fps=fps, codec="libx264",
-                    macro_block_size=1)
+        try:
+            iio.imwrite(temp, np.stack(padded), extension=Path(path).suffix.lower(), fps=fps, codec=codec,
+                        macro_block_size=1)
+        except (RuntimeError, BrokenPipeError) as err:
+            raise OutputError(f"ffmpeg could not encode {path}: {str(err).splitlines()[0] if str(err) else err}"
+                              ) from None

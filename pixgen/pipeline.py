@@ -23,10 +23,11 @@ from pixgen.config import RunConfig, config_from_mapping, config_to_yaml, read_y
 from pixgen.devices import pick_device
 from pixgen.engine import OPTIMIZERS, Models, Step, generate, latent_grid
 from pixgen.errors import InputError, OutOfMemory, OutputError, OutputExists
+from pixgen.export import export_animation
 from pixgen.fileio import atomic_path, atomic_write_text
 from pixgen.memory import check_memory, is_out_of_memory, out_of_memory_message
 from pixgen.models.factory import Loaded, load_clip, load_vqgan
-from pixgen.output import save_gif, save_png, save_video, to_pixels
+from pixgen.output import save_gif, save_png, to_pixels
 from pixgen.prompts import parse_image_prompts
 from pixgen.recipe import input_hashes, png_text
 from pixgen.registry import load_registry
@@ -248,26 +249,6 @@ def _finish(job: Prepared, output_dir: Path, last: Step, frames: list[Path], com
         gif_frames = [np.asarray(Image.open(path).convert("RGB")) for path in frames] + [pixels]
         save_gif(gif_path, gif_frames, config.gif_fps)
     return RunResult(output_dir, image_path, config.seed, last.step, completed, frames, gif_path, last.loss)
-
-
-def export_animation(output_dir: Path, fmt: str = "mp4", fps: float = 10.0, path: Path | None = None,
-                     overwrite: bool = False) -> Path:
-    """Turn a run folder's frames and final image into an MP4 or GIF of the image forming."""
-    output_dir = Path(output_dir)
-    sources = sorted((output_dir / FRAMES_DIR).glob("step-*.png"))
-    if (output_dir / IMAGE_NAME).is_file():
-        sources.append(output_dir / IMAGE_NAME)
-    if not sources:
-        raise InputError(f"{output_dir} holds no frames or {IMAGE_NAME} to export")
-    path = Path(path) if path is not None else output_dir / f"progress.{fmt}"
-    if path.exists() and not overwrite:
-        raise OutputExists(f"{path} exists; pass --overwrite to replace it")
-    frames = [np.asarray(Image.open(source).convert("RGB")) for source in sources]
-    if fmt == "gif":
-        save_gif(path, frames, fps)
-    else:
-        save_video(path, frames, fps)
-    return path
 
 
 def save_state(path: Path, step: Step) -> None:
