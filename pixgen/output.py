@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -53,10 +55,13 @@ def ffmpeg_binary() -> str:
     except ImportError:
         raise InputError("video export needs imageio-ffmpeg: pip install 'pixgen[video]'") from None
     try:
-        return imageio_ffmpeg.get_ffmpeg_exe()
-    except (RuntimeError, OSError) as err:
-        raise InputError(f"video export needs an ffmpeg binary and none was found ({err}); "
-                         "reinstall imageio-ffmpeg or set IMAGEIO_FFMPEG_EXE") from None
+        exe = imageio_ffmpeg.get_ffmpeg_exe()
+    except (RuntimeError, OSError):
+        exe = None
+    if not exe or not (shutil.which(exe) or (os.path.isfile(exe) and os.access(exe, os.X_OK))):
+        raise InputError(f"video export needs an ffmpeg binary, and {exe or 'none'} was not found or cannot "
+                         "run; reinstall imageio-ffmpeg or set IMAGEIO_FFMPEG_EXE to an ffmpeg")
+    return exe
 
 
 def save_video(path: Path, frames: list[np.ndarray], fps: float) -> None:
