@@ -219,13 +219,100 @@ def run(prompt, recipe, output, overwrite, quiet, preset, config_file, overrides
     run_with_progress(lambda progress: run_pipeline(config, output, overwrite=overwrite, on_step=progress), quiet)
 
 
+class AnimationProgress:
+    """A frame bar (frame i/N, ETA) with the current frame's step bar under it."""
+
+    def __init__(self, enabled: bool):
+        self.enabled, self.frames, self.steps = enabled, None, ProgressBar(enabled)
+
+    def _open(self) -> None:
+        if self.frames is None:  # first, so it sits above the step bar
+            from tqdm import tqdm
+
+            self.frames = tqdm(unit="frame", disable=not self.enabled, file=sys.stderr, dynamic_ncols=True)
+
+    def frame(self, done) -> None:
+        self._open()
+        if self.frames.total is None:  # the first frame of this session: resumed ones don't count for the ETA
+            self.frames.total, self.frames.initial, self.frames.n = done.total, done.frame, done.frame
+        self.frames.update(done.frame + 1 - self.frames.n)
+
+    def step(self, step) -> None:
+        self._open()
+        if self.steps.bar is not None and step.step == 1:
+            self.steps.bar.reset(total=step.total)
+        self.steps(step)
+
+    def close(self) -> None:
+        self.steps.close()
+        if self.frames is not None:
+            self.frames.close()
+
+
+def animate_with_progress(start, quiet: bool) -> None:
+    """Call ``start(progress)``, print where the animation went; exit 130 if interrupted."""
+    progress = AnimationProgress(not quiet)
+    try:
+        result = start(progress)
+    finally:
+        progress.close()
+    if not result.completed:
+        click.echo(f"Interrupted after {result.frames_done} frame(s); kept in {result.output_dir}. "
+                   f"Continue with: pixgen resume {result.output_dir}", err=True)
+        sys.exit(130)
+    click.echo(f"frames: {result.output_dir / 'frames'} ({result.frames_done})")
+    click.echo(f"video: {result.video_path}\ngif:   {result.gif_path}\nseed:  {result.seed}")
+
+
 @cli.command()
-@click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("prompt_or_schedule", required=False, default=None)
+@click.option("--frames", type=click.IntRange(min=1), help="Number of frames.")
+@click.option("--steps-per-frame", type=click.IntRange(min=0), help="Steps per frame after the first [30].")
+@click.option("--first-frame-steps", type=click.IntRange(min=0), help="Steps of frame 0 [--steps].")
+@click.option("--zoom", help="Zoom per frame, or keyframes '0:(1.0), 30:(1.05)' [1.0].")
+@click.option("--rotate", help="Degrees counter-clockwise per frame, or keyframes [0].")
+@click.option("--pan", help="Pixels per frame DX,DY (right, down), or keyframes '0:(2,0), 9:(0,1)' [0,0].")
+@click.option("--fps", type=float, help="Frames per second of the MP4 and GIF [12].")
+@click.option("--smooth", type=float, help="Latent smoothing weight in [0, 1) [0].")
+@click.option("--crossfade", type=click.IntRange(min=0), help="Frames a prompt change fades over [4].")
+@click.option("--interpolate", type=click.IntRange(min=0), help="Blended frames between frames in the video [0].")
+@click.option("--schedule", "schedule_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="YAML file with a schedule: list and any of these settings.")
+@config_options
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="Output folder (default: outputs/<prompt>).")
+@click.option("--overwrite", is_flag=True, help="Replace outputs already in the output folder.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+@reports_errors
+def animate(prompt_or_schedule, frames, steps_per_frame, first_frame_steps, zoom, rotate, pan, fps, smooth,
+            crossfade, interpolate, schedule_file, output, overwrite, quiet, preset, config_file, overrides,
+            **flags) -> None:
+    """Render an animation: each frame grows out of the previous one, moved and re-optimised.
+
+    PROMPT_OR_SCHEDULE is a prompt, a story "a ^ b ^ c" (spread over the frames) or a schedule .yaml.
+
+    Example: pixgen animate "a red circle ^ a yellow square" --frames 24 --zoom 1.02 --seed 1
+    """
+    from pixgen.animate import animate as run_animation
+    from pixgen.animate import animation_settings
+
+    plan = animation_settings(prompt_or_schedule, schedule_file, frames=frames, steps_per_frame=steps_per_frame,
+                              first_frame_steps=first_frame_steps, zoom=zoom, rotate=rotate, pan=pan, fps=fps,
+                              smooth=smooth, crossfade=crossfade, interpolate=interpolate)
+    config = build_config(plan.segments[0].prompt, preset, config_file, overrides, **flags)
+    animate_with_progress(lambda p: run_animation(config, plan, output, overwrite=overwrite, on_frame=p.frame,
+                                                  on_step=p.step), quiet)
+
+
+@cli.command()
+@click.argument("folder", type=click.Path(exists=True, path_type=Path))
 @click.option("--steps", type=click.IntRange(min=1), help="New total number of steps.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @reports_errors
 def resume(folder, steps, quiet) -> None:
-    """Continue an interrupted (or finished) run in FOLDER from its saved state.
+    """Continue an interrupted (or finished) run from its saved state.
+
+    FOLDER is what -o named: the run folder, or the image file (cat.png) whose run files are in
+    cat.png.pixgen.
 
     Example: pixgen resume outputs/a-red-circle --steps 400
     """
