@@ -318,9 +318,9 @@ def animate(config: RunConfig, plan: Plan, output_dir: Path | None = None, *, ov
             save_animation_state(output_dir / STATE_NAME, frame, z, last)
             if on_frame is not None:
                 on_frame(FrameDone(frame, total, paths[-1], frame_cfg.prompt, time.perf_counter() - began))
-    except KeyboardInterrupt:
+        video, gif = write_videos(output_dir, paths, plan.settings)
+    except KeyboardInterrupt:  # completed frames and their state are kept; resume redoes the rest
         return AnimationResult(output_dir, config.seed, len(paths), False, paths)
-    video, gif = write_videos(output_dir, paths, plan.settings)
     return AnimationResult(output_dir, config.seed, total, True, paths, video, gif)
 
 
