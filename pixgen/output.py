@@ -21,13 +21,60 @@ def to_pixels(image) -> np.ndarray:
     return np.clip(np.rint(array.transpose(1, 2, 0) * 255), 0, 255).astype(np.uint8)
 
 
+IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
+PARAMETERS_KEY = "parameters"  # the text chunk image viewers of the A1111/ComfyUI family read
+EXIF_IFD, USER_COMMENT = 0x8769, 0x9286
+
+
 def save_png(path: Path, pixels: np.ndarray, text: dict[str, str] | None = None) -> None:
-    """Save (H, W, 3) uint8 pixels as a PNG with ``text`` in tEXt/iTXt chunks, atomically."""
+    """Save (H, W, 3) uint8 pixels as a PNG with ``text`` in text chunks, atomically.
+
+    ``parameters`` goes in a plain tEXt chunk when it is Latin-1 (as other tools write it), the
+    rest in iTXt (UTF-8).
+    """
     info = PngImagePlugin.PngInfo()
     for key, value in (text or {}).items():
-        info.add_itxt(key, value)
+        if key == PARAMETERS_KEY and _is_latin1(value):
+            info.add_text(key, value)
+        else:
+            info.add_itxt(key, value)
     with atomic_path(path) as temp:
         Image.fromarray(pixels).save(temp, format="PNG", pnginfo=info)
+
+
+def save_image(path: Path, pixels: np.ndarray, text: dict[str, str] | None = None) -> None:
+    """Save by suffix: PNG with text chunks, or JPEG/WebP with ``parameters`` in EXIF UserComment."""
+    fmt = IMAGE_FORMATS.get(Path(path).suffix.lower())
+    if fmt is None:
+        raise InputError(f"cannot write image {path}: use a .png, .jpg or .webp file name")
+    if fmt == "PNG":
+        save_png(path, pixels, text)
+        return
+    exif = Image.Exif()
+    comment = (text or {}).get(PARAMETERS_KEY)
+    if comment:
+        exif.get_ifd(EXIF_IFD)[USER_COMMENT] = b"UNICODE\0" + comment.encode("utf-16-be")
+    with atomic_path(path) as temp:
+        Image.fromarray(pixels).save(temp, format=fmt, quality=95, exif=exif)
+
+
+def read_user_comment(path: Path) -> str | None:
+    """The EXIF UserComment of a JPEG/WebP (the ``parameters`` text), decoded."""
+    with Image.open(path) as image:
+        raw = image.getexif().get_ifd(EXIF_IFD).get(USER_COMMENT)
+    if raw is None:
+        return None
+    if raw.startswith(b"UNICODE\0"):
+        return raw[8:].decode("utf-16-be")
+    return raw[8:].decode("ascii", errors="replace")
+
+
+def _is_latin1(text: str) -> bool:
+    try:
+        text.encode("latin-1")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def read_png_text(path: Path) -> dict[str, str]:

@@ -27,7 +27,7 @@ from pixgen.export import export_animation
 from pixgen.fileio import atomic_path, atomic_write_text
 from pixgen.memory import check_memory, is_out_of_memory, out_of_memory_message
 from pixgen.models.factory import Loaded, load_clip, load_vqgan
-from pixgen.output import save_gif, save_png, to_pixels
+from pixgen.output import IMAGE_FORMATS, save_gif, save_image, save_png, to_pixels
 from pixgen.prompts import parse_image_prompts
 from pixgen.recipe import input_hashes, png_text
 from pixgen.registry import load_registry
@@ -39,6 +39,7 @@ GIF_NAME = "progress.gif"
 CONFIG_NAME = "run.yaml"
 STATE_NAME = "state.pt"
 FRAMES_DIR = "frames"
+RUN_FOLDER_SUFFIX = ".pixgen"  # -o cat.png: the run's other files go in cat.png.pixgen/
 STATE_EVERY = 10  # steps between resume checkpoints when no frames are saved
 OUTPUT_NAMES = (IMAGE_NAME, GIF_NAME, CONFIG_NAME, STATE_NAME, FRAMES_DIR)
 
@@ -70,6 +71,29 @@ def default_output_dir(config: RunConfig, root: Path = Path("outputs")) -> Path:
     while candidate.exists():
         candidate, number = base.with_name(f"{base.name}-{number}"), number + 1
     return candidate
+
+
+def run_location(output: Path) -> tuple[Path, Path]:
+    """(run folder, final image path) for what ``-o`` names.
+
+    A path with an image suffix (``cat.png``, ``.jpg``, ``.webp``) that is not an existing folder
+    is the image itself; the run's other files go in the sibling folder ``cat.png.pixgen``. That
+    folder, given back, points at its image again. Anything else is the run folder, holding
+    ``image.png``.
+    """
+    output = Path(output)
+    if output.suffix.lower() in IMAGE_FORMATS and not output.is_dir():
+        return output.with_name(output.name + RUN_FOLDER_SUFFIX), output
+    if output.name.endswith(RUN_FOLDER_SUFFIX) and Path(output.name[:-len(RUN_FOLDER_SUFFIX)]).suffix.lower() \
+            in IMAGE_FORMATS:
+        return output, output.with_name(output.name[:-len(RUN_FOLDER_SUFFIX)])
+    return output, output / IMAGE_NAME
+
+
+def claim_image_path(image: Path, folder: Path, overwrite: bool) -> None:
+    """Refuse an existing image file named by ``-o`` unless ``overwrite`` (it is replaced at the end)."""
+    if image.parent != folder and image.exists() and (not overwrite or image.is_dir()):
+        raise OutputExists(f"{image} exists; pass --overwrite to replace it, or choose another --output")
 
 
 def claim_output_dir(path: Path, overwrite: bool) -> bool:
@@ -187,11 +211,12 @@ def run(config: RunConfig, output_dir: Path | None = None, *, overwrite: bool = 
     """
     job = prepare(config)
     config = job.config
-    output_dir = Path(output_dir) if output_dir is not None else default_output_dir(config)
+    output_dir, image_path = run_location(output_dir if output_dir is not None else default_output_dir(config))
     if resume is not None:
         check_state(resume, config, job.models, output_dir / STATE_NAME)
         created = False
     else:
+        claim_image_path(image_path, output_dir, overwrite)
         created = claim_output_dir(output_dir, overwrite)
 
     frames = sorted((output_dir / FRAMES_DIR).glob("step-*.png")) if resume else []
@@ -221,7 +246,7 @@ def run(config: RunConfig, output_dir: Path | None = None, *, overwrite: bool = 
         else:
             _forget_unstarted(output_dir, created)
         raise OutOfMemory(out_of_memory_message(config, job.models.device)) from None
-    return _finish(job, output_dir, last, frames, completed)
+    return _finish(job, output_dir, image_path, last, frames, completed)
 
 
 def _is_save_point(config: RunConfig, step: Step) -> bool:
@@ -235,12 +260,12 @@ def _forget_unstarted(output_dir: Path, created: bool) -> None:
         output_dir.rmdir()
 
 
-def _finish(job: Prepared, output_dir: Path, last: Step, frames: list[Path], completed: bool) -> RunResult:
+def _finish(job: Prepared, output_dir: Path, image_path: Path, last: Step, frames: list[Path],
+            completed: bool) -> RunResult:
     config = job.config
     pixels = to_pixels(last.image())
-    image_path = output_dir / IMAGE_NAME
     text = png_text(config, job.loaded, last.step, str(job.models.device), job.inputs)
-    save_png(image_path, pixels, text)
+    save_image(image_path, pixels, text)
     save_state(output_dir / STATE_NAME, last)
     atomic_write_text(output_dir / CONFIG_NAME, config_to_yaml(config))
     gif_path = None
@@ -303,10 +328,14 @@ def read_run_config(output_dir: Path) -> RunConfig:
     return config_from_mapping(read_yaml_mapping(path, "run config"), f"run config {path}")
 
 
-def resume_run(output_dir: Path, *, steps: int | None = None,
+def resume_run(output: Path, *, steps: int | None = None,
                on_step: Callable[[Step], None] | None = None) -> RunResult:
-    """Continue an interrupted run from its ``state.pt``; ``steps`` may raise the total."""
-    output_dir = Path(output_dir)
+    """Continue an interrupted run from its ``state.pt``; ``steps`` may raise the total.
+
+    ``output`` is what ``-o`` named: the run folder, or the image file (``cat.png``) whose files
+    are in ``cat.png.pixgen``.
+    """
+    output_dir, image_path = run_location(output)
     config_path, state_path = output_dir / CONFIG_NAME, output_dir / STATE_NAME
     if not config_path.is_file() or not state_path.is_file():
         raise InputError(f"{output_dir} is not a pixgen run folder (no {CONFIG_NAME} or {STATE_NAME})")
@@ -320,4 +349,5 @@ def resume_run(output_dir: Path, *, steps: int | None = None,
     if state["step"] >= config.steps:
         raise InputError(f"{output_dir} already ran {state['step']} of {config.steps} steps; "
                          "pass --steps with a larger total to continue")
-    return run(config, output_dir, on_step=on_step, resume=state)
+    return run(config, output_dir if image_path == output_dir / IMAGE_NAME else image_path,
+               on_step=on_step, resume=state)

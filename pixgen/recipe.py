@@ -8,6 +8,7 @@ count give a byte-identical PNG on the CPU; a different thread count may change 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from pixgen import __version__
 from pixgen.config import RunConfig, config_to_yaml
 from pixgen.downloads import sha256_file
 from pixgen.errors import InputError
-from pixgen.prompts import parse_image_prompts
+from pixgen.prompts import parse_image_prompts, parse_prompts
 
 
 def input_files(config: RunConfig) -> list[str]:
@@ -54,7 +55,40 @@ def png_text(config: RunConfig, loaded: list, steps_done: int, device: str | Non
         "environment": yaml.safe_dump({"torch": str(torch.__version__), "device": device or config.device,
                                        "threads": torch.get_num_threads()}, sort_keys=False),
     }
+    text["parameters"] = parameters_text(config, loaded, steps_done, device or config.device)
     return text
+
+
+def parameters_text(config: RunConfig, loaded: list, steps_done: int, device: str) -> str:
+    """The recipe in the layout image viewers read (A1111 ``parameters``): prompt, negatives, ``Key: value``."""
+    prompts = parse_prompts(config.prompt)
+    positive = " | ".join(_weighted(p) for p in prompts if p.weight > 0)
+    negative = " | ".join(_weighted(p, -1) for p in prompts if p.weight < 0)
+    settings = {
+        "Steps": steps_done, "Seed": config.seed, "Size": f"{config.size[0]}x{config.size[1]}",
+        "Model": loaded[0].name if loaded else config.vqgan,
+        "Model hash": loaded[0].sha256[:10] if loaded else None,
+        "CLIP": " + ".join(m.name for m in loaded[1:]) or " + ".join(config.clip),
+        "Optimizer": config.optimizer, "Learning rate": config.lr, "Final learning rate": config.lr_final,
+        "Cutouts": config.cut_count, "Cutout power": config.cut_pow, "Init": config.init,
+        "Init weight": config.init_weight or None,
+        "Image prompts": " | ".join(config.image_prompts) or None,
+        "Noise prompts": " | ".join(getattr(config, "noise_prompts", []) or []) or None,
+        "Precision": config.precision, "Device": device, "Version": f"pixgen {__version__}",
+    }
+    line = ", ".join(f"{key}: {_quoted(value)}" for key, value in settings.items() if value is not None)
+    return "\n".join([positive, *([f"Negative prompt: {negative}"] if negative else []), line])
+
+
+def _weighted(prompt, sign: float = 1) -> str:
+    weight = prompt.weight * sign
+    suffix = "" if weight == 1 and prompt.stop is None else f":{weight:g}"
+    return prompt.source + suffix + (f":{prompt.stop:g}" if prompt.stop is not None else "")
+
+
+def _quoted(value) -> str:
+    text = str(value)
+    return json.dumps(text) if any(c in text for c in ',:"\n') else text
 
 
 def read_recipe(path: Path) -> tuple[dict[str, Any], dict[str, str]]:

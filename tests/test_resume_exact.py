@@ -25,11 +25,18 @@ def run_args(preset: Path, out: Path) -> list[str]:
     return ["run", "a red circle", "--preset", str(preset), "--seed", "5", "--steps", STEPS, "-o", str(out), "-q"]
 
 
+def whole_run(tiny_preset: Path, steps: str) -> bytes:
+    """The final image of an uninterrupted run (made once per session and steps)."""
+    out = tiny_preset.parent / f"whole-{steps}"
+    if not out.exists():
+        result = CliRunner().invoke(cli, [*run_args(tiny_preset, out), "--steps", steps])
+        assert result.exit_code == 0, result.output
+    return (out / "image.png").read_bytes()
+
+
 @pytest.fixture
-def uninterrupted(tiny_preset, tmp_path) -> bytes:
-    result = CliRunner().invoke(cli, run_args(tiny_preset, tmp_path / "whole"))
-    assert result.exit_code == 0, result.output
-    return (tmp_path / "whole" / "image.png").read_bytes()
+def uninterrupted(tiny_preset) -> bytes:
+    return whole_run(tiny_preset, STEPS)
 
 
 def interrupt_after(function, calls: int):
@@ -106,8 +113,6 @@ def _wait_for(path: Path, process: subprocess.Popen, timeout: float = 60) -> Non
                          ids=["sigint-a", "sigint-b", "kill-9"])
 def test_real_signal_at_a_random_moment_resumes_exactly(signal_number, tiny_preset, tmp_path, request):
     steps = "150"  # long enough that the signal lands mid-run
-    whole = CliRunner().invoke(cli, [*run_args(tiny_preset, tmp_path / "whole")[:-1], "--steps", steps, "-q"])
-    assert whole.exit_code == 0, whole.output
     out = tmp_path / "cut"
     process = _start(tiny_preset, out, steps)
     _wait_for(out / "state.pt", process)
@@ -124,4 +129,4 @@ def test_real_signal_at_a_random_moment_resumes_exactly(signal_number, tiny_pres
     assert not [p for p in out.rglob("*") if ".tmp" in p.name] or signal_number == signal.SIGKILL
     resumed = CliRunner().invoke(cli, ["resume", str(out), "-q"])
     assert resumed.exit_code == 0, resumed.output
-    assert (out / "image.png").read_bytes() == (tmp_path / "whole" / "image.png").read_bytes()
+    assert (out / "image.png").read_bytes() == whole_run(tiny_preset, steps)
