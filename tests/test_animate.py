@@ -227,3 +227,23 @@ def test_transform_pans_by_whole_pixels_and_rotates_counter_clockwise():
     assert torch.equal(transform(image), image)
     zoomed = transform(image, zoom=2.0)
     assert zoomed.shape == image.shape and zoomed.dtype == torch.float32
+
+
+def test_coherence_measures_change_and_judge_agreement():
+    from pixgen.coherence import coherence, dominant_prompt, frame_changes
+
+    still = np.zeros((8, 8, 3), np.uint8)
+    frames = [still, still + 51, still + 51]
+    assert frame_changes(frames) == pytest.approx([0.2, 0.0])
+    assert dominant_prompt("a red circle:0.25|a blue square:0.75") == "a blue square"
+
+    class FakeJudge:
+        def predict(self, images):
+            assert images.shape == (3, 3, 8, 8) and images.max() <= 1
+            return [{"shape": "circle", "colour": "red", "background": "blue"}] * 3
+
+    prompts = ["a red circle on a blue background:1.0",
+               "a red circle on a blue background:0.5|a yellow square on a green background:0.5",
+               "a yellow square on a green background:1.0"]
+    report = coherence(frames, prompts, FakeJudge())
+    assert report == {"frames": 3, "mean_change": pytest.approx(0.1), "on_prompt": pytest.approx(2 / 3)}
