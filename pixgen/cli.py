@@ -316,8 +316,14 @@ def resume(folder, steps, quiet) -> None:
 
     Example: pixgen resume outputs/a-red-circle --steps 400
     """
+    from pixgen.animate import is_animation_folder, resume_animation
     from pixgen.pipeline import resume_run
 
+    if is_animation_folder(folder):
+        if steps is not None:
+            raise ConfigProblem("--steps applies to a still run; an animation resumes with its own schedule")
+        animate_with_progress(lambda p: resume_animation(folder, on_frame=p.frame, on_step=p.step), quiet)
+        return
     run_with_progress(lambda progress: resume_run(folder, steps=steps, on_step=progress), quiet)
 
 

@@ -187,9 +187,18 @@ def test_resume_after_ctrl_c_gives_byte_identical_frames(tmp_path, tiny_preset):
         assert a.read_bytes() == b.read_bytes(), b.name
     assert whole.gif_path.read_bytes() == resumed.gif_path.read_bytes()
 
+    # through the CLI: a finished animation resumes by rewriting its videos; --steps is refused
+    (tmp_path / "partial" / "animation.gif").unlink()
+    result = CliRunner().invoke(cli, ["resume", str(tmp_path / "partial"), "-q"])
+    assert result.exit_code == 0, result.output
+    assert whole.gif_path.read_bytes() == (tmp_path / "partial" / "animation.gif").read_bytes()
+    result = CliRunner().invoke(cli, ["resume", str(tmp_path / "partial"), "--steps", "9"])
+    assert result.exit_code == 2 and result.output.strip() == (
+        "Error: --steps applies to a still run; an animation resumes with its own schedule")
+
 
 def test_resume_after_kill_9_gives_byte_identical_frames(tmp_path, tiny_preset):
-    from pixgen.animate import animate, resume_animation
+    from pixgen.animate import animate
 
     story, frames = "a red circle ^ a green triangle", 24
     plan, config = plan_and_config(tiny_preset, story, frames=frames, steps_per_frame=3, first_frame_steps=3,
@@ -210,9 +219,11 @@ def test_resume_after_kill_9_gives_byte_identical_frames(tmp_path, tiny_preset):
     done = torch.load(state_path, weights_only=True)["frame"]
     assert 1 <= done < frames - 1
 
-    resumed = resume_animation(out)
+    result = CliRunner().invoke(cli, ["resume", str(out), "-q"])
+    assert result.exit_code == 0, result.output
+    resumed_paths = sorted((out / "frames").glob("frame-*.png"))
     whole = animate(config, plan, tmp_path / "whole")
-    for a, b in zip(whole.frame_paths, resumed.frame_paths, strict=True):
+    for a, b in zip(whole.frame_paths, resumed_paths, strict=True):
         assert a.read_bytes() == b.read_bytes(), b.name
 
 
