@@ -1,0 +1,310 @@
+"""Running a planned batch: skip verified jobs, resume half-done ones, log, refresh the gallery.
+
+One process by default (models stay loaded between jobs: ``pipeline.load_models`` caches them);
+``workers > 1`` or ``devices`` hand jobs to spawned worker processes, one per device entry.
+Ctrl-C stops the running job(s) after saving their state; nothing done is lost.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import queue
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from pixgen.batch import Job, check_folder
+from pixgen.batch_log import LOG_NAME, BatchLog, is_verified, output_files, remove_stale_temps
+from pixgen.config import config_to_yaml
+from pixgen.errors import CheckpointError, ConfigError, ModelNotAvailable, OutputError, PixgenError, UnknownModel
+from pixgen.gallery import Card, write_gallery
+from pixgen.pipeline import CONFIG_NAME, STATE_NAME, RunResult, read_run_config, read_state, run
+
+# Errors that are not about one job: the batch stops instead of failing every later job the same way.
+FATAL = (CheckpointError, ModelNotAvailable, UnknownModel, OutputError)
+
+
+@dataclass
+class BatchEvent:
+    """Progress news: a job starts or finishes (``done`` of ``total`` jobs are done)."""
+
+    kind: str  # "begin" (before the first job), "start" or "finish"
+    job: Job | None
+    done: int
+    total: int
+
+
+@dataclass
+class BatchResult:
+    """Each job's state after a batch: done, pending, interrupted or failed."""
+
+    jobs: list[Job]
+    status: dict[str, str] = field(default_factory=dict)  # folder name -> state
+    errors: dict[str, str] = field(default_factory=dict)  # folder name -> one-line error
+    interrupted: bool = False
+    skipped: int = 0  # jobs found done and verified when the batch started
+
+    def names(self, *states: str) -> list[str]:
+        """Names of the jobs in any of ``states``, in manifest order."""
+        return [job.name for job in self.jobs if self.status[job.folder.name] in states]
+
+
+def resume_point(job: Job) -> int | None:
+    """The step of a half-done job's ``state.pt``, if it can continue exactly; else None.
+
+    ``run.yaml`` may be missing (a kill can land between the two writes); when present it must
+    record this job's config.
+    """
+    folder = job.folder
+    try:
+        if not (folder / STATE_NAME).is_file() or folder.is_symlink():
+            return None
+        if (folder / CONFIG_NAME).is_file():
+            recorded = read_run_config(folder)
+            if config_to_yaml(replace(recorded, device=job.config.device)) != config_to_yaml(job.config):
+                return None
+        step = read_state(folder / STATE_NAME)["step"]
+    except PixgenError:
+        return None
+    return step if step < job.config.steps else None
+
+
+def execute_job(job: Job, on_step: Callable | None = None, device: str | None = None) -> RunResult:
+    """Run one job in its folder: continue it from its ``state.pt`` if half done, else start afresh."""
+    if job.folder.is_dir():
+        remove_stale_temps(job.folder)
+    config = job.config if device is None else replace(job.config, device=device)
+    if resume_point(job) is not None:  # what resume_run does, with the config the batch already knows
+        return run(config, job.folder, on_step=on_step, resume=read_state(job.folder / STATE_NAME))
+    return run(config, job.folder, overwrite=True, on_step=on_step)
+
+
+class Batch:
+    """The parent's side of a batch: the log, each job's state, and the gallery."""
+
+    def __init__(self, jobs: list[Job], root: Path, on_event: Callable[[BatchEvent], None] | None):
+        self.root, self.jobs, self.on_event = Path(root), jobs, on_event
+        self.log = BatchLog(self.root / LOG_NAME)
+        self.result = BatchResult(jobs)
+        self.ends = self.log.last_ends()
+        for job in jobs:
+            check_folder(job.folder, self.root)
+            verified = is_verified(job.folder, job.key, self.ends.get(job.folder.name))
+            self.result.status[job.folder.name] = "done" if verified else "pending"
+            self.result.skipped += verified
+
+    def todo(self) -> list[Job]:
+        """Jobs still to run, those sharing models back to back (first appearance order)."""
+        pending = [job for job in self.jobs if self.result.status[job.folder.name] != "done"]
+        first = {}
+        for job in pending:
+            first.setdefault(job.models, len(first))
+        return sorted(pending, key=lambda job: first[job.models])
+
+    def done_count(self) -> int:
+        return len(self.result.names("done"))
+
+    def emit(self, kind: str, job: Job | None) -> None:
+        if self.on_event is not None:
+            self.on_event(BatchEvent(kind, job, self.done_count(), len(self.jobs)))
+
+    def started(self, job: Job, resume_from: int | None) -> None:
+        check_folder(job.folder, self.root)
+        self.log.append({"event": "start", **_identity(job), "resume_from": resume_from})
+        self.emit("start", job)
+
+    def finished(self, job: Job, result: RunResult, seconds: float) -> None:
+        record = {**_identity(job), "steps_done": result.steps_done, "loss": result.loss,
+                  "seconds": round(seconds, 3)}
+        if result.completed:
+            record = {"event": "end", **record, "files": output_files(job.folder)}
+            self.ends[job.folder.name] = record
+            self.result.status[job.folder.name] = "done"
+        else:
+            record = {"event": "interrupted", **record}
+            self.result.status[job.folder.name] = "interrupted"
+            self.result.interrupted = True
+        self.log.append(record)
+        self.refresh()
+        self.emit("finish", job)
+
+    def failed(self, job: Job, error: str) -> None:
+        self.log.append({"event": "failed", **_identity(job), "error": error})
+        self.result.status[job.folder.name] = "failed"
+        self.result.errors[job.folder.name] = error
+        self.emit("finish", job)
+
+    def refresh(self) -> None:
+        """Rewrite index.html and contact-sheet.png from the jobs done so far."""
+        cards = []
+        for job in self.jobs:
+            end = self.ends.get(job.folder.name) if self.result.status[job.folder.name] == "done" else None
+            cards.append(Card(job.name, job.folder.name, job.config.prompt, job.config.seed, job.preset,
+                              job.config.steps, end.get("loss") if end else None, end is not None))
+        write_gallery(self.root, cards)
+
+
+def _identity(job: Job) -> dict:
+    return {"job": job.name, "folder": job.folder.name, "key": job.key, "seed": job.config.seed,
+            "steps": job.config.steps}
+
+
+def run_batch(jobs: list[Job], output_dir: Path, *, workers: int = 1, devices: list[str] | None = None,
+              on_step: Callable | None = None, on_event: Callable[[BatchEvent], None] | None = None) -> BatchResult:
+    """Run every job not yet verified done; returns each job's state (see BatchResult)."""
+    root = Path(output_dir)
+    if root.exists() and not root.is_dir():
+        raise OutputError(f"output {root} exists and is not a folder")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OutputError(f"cannot create output folder {root}: {err.strerror}") from None
+    remove_stale_temps(root)
+    batch = Batch(jobs, root, on_event)
+    batch.refresh()
+    batch.emit("begin", None)
+    todo = batch.todo()
+    if workers <= 1 and not devices:
+        _run_local(batch, todo, on_step)
+    elif todo:
+        _run_pool(batch, todo, worker_devices(workers, devices))
+    batch.refresh()
+    return batch.result
+
+
+def _run_local(batch: Batch, todo: list[Job], on_step: Callable | None) -> None:
+    for job in todo:
+        start = time.perf_counter()
+        try:
+            batch.started(job, resume_point(job))
+            result = execute_job(job, on_step)
+        except KeyboardInterrupt:  # before the job's first step: nothing of it to keep
+            batch.result.interrupted = True
+            return
+        except PixgenError as err:
+            if isinstance(err, ConfigError):
+                raise
+            batch.failed(job, " ".join(str(err).split()))
+            if isinstance(err, FATAL):  # every later job would fail the same way
+                return
+            continue
+        batch.finished(job, result, time.perf_counter() - start)
+        if not result.completed:
+            return
+
+
+def summary(result: BatchResult, root: Path, again: str) -> list[str]:
+    """What a batch did, in a few lines; ``again`` is the command that continues it."""
+    done, failed = result.names("done"), result.names("failed")
+    pending = result.names("pending", "interrupted")
+    lines = [f"{len(done)} of {len(result.jobs)} jobs done ({result.skipped} already done before), "
+             f"{len(pending)} pending, {len(failed)} failed; gallery: {root / 'index.html'}"]
+    lines += [f"failed: {job.name}: {result.errors[job.folder.name]}" for job in result.jobs
+              if job.folder.name in result.errors and result.status[job.folder.name] == "failed"]
+    if pending:
+        partly = result.names("interrupted")
+        lines.append(f"pending: {', '.join(pending)}" + (f" ({', '.join(partly)} saved part-way)" if partly else ""))
+        lines.append(f"Continue with: {again}")
+    return lines
+
+
+def worker_devices(workers: int, devices: list[str] | None) -> list[str | None]:
+    """One entry per worker process: its device (None: the job's own), round-robin over ``devices``."""
+    count = max(workers, len(devices or []), 1)
+    return [devices[i % len(devices)] if devices else None for i in range(count)]
+
+
+def parse_devices(text: str) -> list[str]:
+    """``cuda:0,cuda:1``, ``cpu,cpu`` or ``all`` (every CUDA device, else the CPU) -> device names."""
+    import torch
+
+    from pixgen.devices import pick_device
+
+    if text.strip() == "all":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        return [f"cuda:{i}" for i in range(count)] or ["cpu"]
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise ConfigError("--devices needs a comma-separated list such as cuda:0,cuda:1 (or all)")
+    for name in names:
+        pick_device(name)  # one-line ConfigError for a bad or missing device
+    return names
+
+
+def _run_pool(batch: Batch, todo: list[Job], devices: list[str | None]) -> None:
+    context = multiprocessing.get_context("spawn")
+    tasks, results, stop = context.Queue(), context.Queue(), context.Event()
+    for index, job in enumerate(todo):
+        tasks.put((index, job))
+    cpu_workers = sum(1 for d in devices if d in (None, "cpu"))
+    threads = max(1, (os.cpu_count() or 1) // max(1, cpu_workers))
+    procs = [context.Process(target=_worker, args=(device, threads, tasks, results, stop), daemon=True)
+             for device in devices]
+    for proc in procs:
+        proc.start()
+    started: dict[int, float] = {}
+    try:
+        _collect(batch, todo, procs, results, started)
+    except KeyboardInterrupt:
+        stop.set()
+        batch.result.interrupted = True
+        _collect(batch, todo, procs, results, started)
+    finally:
+        for proc in procs:
+            proc.join(timeout=30)
+            if proc.is_alive():
+                proc.terminate()
+
+
+def _collect(batch: Batch, todo: list[Job], procs: list, results, started: dict[int, float]) -> None:
+    """Log the workers' news until they have all exited."""
+    while True:
+        try:
+            kind, index, payload = results.get(timeout=0.2)
+        except queue.Empty:
+            if not any(proc.is_alive() for proc in procs):
+                return
+            continue
+        job = todo[index]
+        if kind == "start":
+            started[index] = time.perf_counter()
+            batch.started(job, payload)
+        elif kind == "result":
+            batch.finished(job, payload, time.perf_counter() - started.get(index, time.perf_counter()))
+        elif kind == "failed":
+            batch.failed(job, payload)
+
+
+def _worker(device: str | None, threads: int, tasks, results, stop) -> None:
+    """A worker process: take jobs until the queue is empty or the parent says stop."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; a stop interrupts at the next step
+    if device in (None, "cpu"):
+        import torch
+
+        torch.set_num_threads(threads)
+
+    def check_stop(_step) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+
+    while not stop.is_set():
+        try:
+            index, job = tasks.get_nowait()
+        except queue.Empty:
+            return
+        results.put(("start", index, resume_point(job)))
+        try:
+            result = execute_job(job, check_stop, device)
+        except KeyboardInterrupt:
+            return
+        except PixgenError as err:
+            results.put(("failed", index, " ".join(str(err).split())))
+            if isinstance(err, FATAL):
+                return
+            continue
+        results.put(("result", index, result))
+        if not result.completed:
+            return
