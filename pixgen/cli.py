@@ -390,6 +390,79 @@ def eval_command(prompts_file, seeds, output, overwrite, judge_spec, quiet, pres
                f"report: {output / 'report.json'}, contact sheet: {output / 'contact-sheet.png'}")
 
 
+class BatchProgress(AnimationProgress):
+    """A job bar (jobs done/total, ETA) with the running job's step bar under it."""
+
+    fresh = False
+
+    def event(self, news) -> None:
+        self._open()
+        if self.frames.total is None:  # jobs done before this session don't count for the ETA
+            self.frames.unit, self.frames.total, self.frames.initial = "job", news.total, news.done
+            self.frames.n = news.done
+        self.frames.update(news.done - self.frames.n)
+        self.fresh = self.fresh or news.kind == "start"
+
+    def step(self, step) -> None:
+        self._open()
+        if self.fresh and self.steps.bar is not None:  # a new job, maybe resumed part-way
+            self.steps.bar.reset(total=step.total)
+        self.fresh = False
+        self.steps(step)
+
+
+@cli.command()
+@click.argument("manifest", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="Batch folder [outputs/<manifest name>].")
+@click.option("--jobs", "workers", type=click.IntRange(min=1), default=1, help="Worker processes [1].")
+@click.option("--devices", help="One worker per device: cuda:0,cuda:1, cpu,cpu or all.")
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", help="Where jobs run [local].")
+@click.option("--address", help="Ray cluster address, with --executor ray.")
+@click.option("--dry-run", is_flag=True, help="Print the expanded jobs and their folders, run nothing.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+@reports_errors
+def batch(manifest, output, workers, devices, executor, address, dry_run, quiet) -> None:
+    """Render every job of MANIFEST (YAML: defaults, jobs, matrix); a re-run continues where it stopped.
+
+    Example: pixgen batch shapes.yaml -o outputs/shapes
+    """
+    from pixgen.batch import check_executor, describe, plan_batch
+    from pixgen.batch_run import parse_devices, run_batch, summary
+
+    check_executor(executor, address)
+    output = output or Path("outputs") / manifest.stem
+    jobs, device_list = plan_batch(manifest, output), parse_devices(devices) if devices else None
+    if dry_run:
+        click.echo("\n".join(describe(job) for job in jobs) + f"\n{len(jobs)} jobs")
+        return
+    progress = BatchProgress(not quiet)
+    try:
+        result = run_batch(jobs, output, workers=workers, devices=device_list, on_step=progress.step,
+                           on_event=progress.event)
+    finally:
+        progress.close()
+    again = " ".join(["pixgen batch", str(manifest), "-o", str(output)] + (["--jobs", str(workers)] if workers > 1
+                     else []) + (["--devices", devices] if devices else []))
+    click.echo("\n".join(summary(result, output, again)), err=result.interrupted)
+    if result.interrupted:
+        sys.exit(130)
+    if result.names("failed"):
+        raise click.ClickException(f"{len(result.names('failed'))} job(s) failed (see above)")
+
+
+@cli.command()
+@click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
+def completion(shell) -> None:
+    """Print the shell completion script for SHELL (commands, options, choices).
+
+    Example: pixgen completion bash >> ~/.bashrc
+    """
+    from click.shell_completion import get_completion_class
+
+    completer = get_completion_class(shell)(cli, {}, "pixgen", "_PIXGEN_COMPLETE")
+    click.echo(completer.source())
+
+
 @cli.group()
 def presets() -> None:
     """List and show the bundled presets."""
