@@ -16,6 +16,7 @@ import os
 import re
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +24,7 @@ import requests
 from tqdm import tqdm
 
 from pixgen.cache import is_offline
-from pixgen.errors import ChecksumMismatch, DownloadError, ModelNotAvailable
+from pixgen.errors import CheckpointError, ChecksumMismatch, DownloadError, ModelNotAvailable, PixgenError
 
 CHUNK_SIZE = 1 << 16
 _MAX_SLEEP = 60.0
@@ -38,6 +39,15 @@ class FileSpec:
     urls: tuple[str, ...]  # primary first, then mirrors, tried in order
     sha256: str | None = None  # None = not known yet (trust on first use)
     size: int | None = None  # bytes, None = unknown
+    # The same weights in another file format, each with its own registry-pinned sha256
+    # (e.g. OpenAI's TorchScript CLIP archives): tried when every URL above fails.
+    alternatives: tuple[FileSpec, ...] = ()
+    format: str | None = None  # None: the role's own format; "openai-torchscript" for OpenAI archives
+
+    @property
+    def pinned(self) -> str:
+        """Who fixes this file's sha256: "registry", or "first-download" (trust on first use)."""
+        return "registry" if self.sha256 else "first-download"
 
 
 @dataclass(frozen=True)
@@ -82,8 +92,13 @@ def download(
     retries: int = 3,
     backoff: float = 1.0,
     timeout: float = 30.0,
+    check: Callable[[Path], None] | None = None,
 ) -> str:
-    """Download to dest atomically; return the file's sha256."""
+    """Download to dest atomically; return the file's sha256.
+
+    ``check(part_file)`` runs after the size and hash checks and before the file is moved into
+    place; a PixgenError from it deletes the download and becomes a one-line CheckpointError.
+    """
     dest = Path(dest)
     if offline or is_offline():
         raise ModelNotAvailable(
@@ -99,12 +114,12 @@ def download(
     with requests.Session() as session:
         # Ranges and sizes must refer to the file's bytes, not a compressed encoding.
         session.headers["Accept-Encoding"] = "identity"
-        _fetch_any(session, spec, part, opts)
+        url = _fetch_any(session, spec, part, opts)
         digest = sha256_file(part)
         if had_part and not _hash_ok(spec, digest):
             # The old part file may belong to another version of the file: start over once.
             part.unlink()
-            _fetch_any(session, spec, part, opts)
+            url = _fetch_any(session, spec, part, opts)
             digest = sha256_file(part)
     if not _hash_ok(spec, digest):
         part.unlink(missing_ok=True)
@@ -112,11 +127,23 @@ def download(
             f"{dest.name} has sha256 {digest} but {spec.sha256} was expected; "
             "the download was deleted because it is corrupt or not the expected file."
         )
+    if check is not None:
+        _check_or_delete(check, part, dest, url)
     try:
         os.replace(part, dest)
     except OSError as exc:
         raise DownloadError(f"Cannot move the download to {dest}: {exc.strerror or exc}.") from exc
     return digest
+
+
+def _check_or_delete(check: Callable[[Path], None], part: Path, dest: Path, url: str) -> None:
+    """Run the caller's load check on a finished download; delete it and say so if it fails."""
+    try:
+        check(part)
+    except PixgenError as err:
+        part.unlink(missing_ok=True)
+        raise CheckpointError(f"{dest.name} downloaded from {url} failed the load check ({err}); "
+                              "the download was deleted and nothing was recorded.") from None
 
 
 def _hash_ok(spec: FileSpec, digest: str) -> bool:
@@ -134,13 +161,13 @@ def _ensure_writable_dir(directory: Path) -> None:
         raise DownloadError(f"The download directory {directory} is not writable.")
 
 
-def _fetch_any(session: requests.Session, spec: FileSpec, part: Path, opts: _Options) -> None:
-    """Complete the part file from the first URL that works, or raise DownloadError."""
+def _fetch_any(session: requests.Session, spec: FileSpec, part: Path, opts: _Options) -> str:
+    """Complete the part file from the first URL that works and return that URL, or raise DownloadError."""
     failures = []
     for url in spec.urls:
         try:
             _fetch_with_retries(session, url, spec, part, opts)
-            return
+            return url
         except _UrlFailed as exc:
             failures.append(f"{url} ({exc})")
     raise DownloadError(f"Could not download {opts.name}; tried {len(failures)} URL(s): " + "; ".join(failures) + ".")

@@ -49,12 +49,15 @@ def _placeholder(full_name: str) -> type:
 _PLACEHOLDERS = tuple(_placeholder(name) for name in LIGHTNING_GLOBALS)
 
 
-def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """Load a checkpoint's tensors safely (safetensors, or torch.load with weights_only=True)."""
+def load_state_dict(path: Path, fmt: str | None = None) -> dict[str, torch.Tensor]:
+    """Load a checkpoint's tensors safely (safetensors, or torch.load with weights_only=True).
+
+    ``fmt`` ("safetensors" or "pickle") overrides the format the file's suffix implies.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"Checkpoint {path} does not exist or is not a file.")
-    if path.suffix.lower() == ".safetensors":
+    if (fmt or ("safetensors" if path.suffix.lower() == ".safetensors" else "pickle")) == "safetensors":
         obj = _load_safetensors(path)
     else:
         obj = _load_pickle(path)

@@ -81,7 +81,8 @@ def remote_registry(model_server, tmp_path, monkeypatch, tiny_registry):
     registry = {
         "vqgan": {"remote-vqgan": {"description": "served tiny VQGAN", "architecture": TINY_VQGAN,
                                    "files": {"checkpoint": {"urls": [f"{url}/missing.ckpt", f"{url}/vqgan.ckpt"],
-                                                            "sha256": None, "size": None}}},
+                                                            "sha256": None, "pinned": "first-download",
+                                                            "size": None}}},
                   "bad-hash-vqgan": {"architecture": TINY_VQGAN,
                                      "files": {"checkpoint": {"urls": [f"{url}/vqgan.ckpt"], "sha256": "0" * 64}}}},
         "clip": {"remote-clip": {"config": str(tiny_registry.parent / "clip.json"),
@@ -112,7 +113,9 @@ def test_download_slims_vqgan_and_records_hash(remote_registry, tmp_path, tiny_p
 
     listing = invoke("models", "list").output
     assert "remote-vqgan" in listing and "not downloaded" not in listing.split("remote-vqgan")[1].splitlines()[0]
-    assert invoke("models", "verify", "remote-vqgan").output.startswith("remote-vqgan: ok")
+    verified = invoke("models", "verify", "remote-vqgan")
+    assert verified.exit_code == 0 and verified.output.startswith("remote-vqgan: recorded ")
+    assert "matches the sha256 recorded at first download" in verified.output
     assert invoke("models", "path", "remote-vqgan").output.strip() == str(slim)
     out = tmp_path / "o"
     result = invoke("run", "x", "--preset", tiny_preset, "--vqgan", "remote-vqgan", "--clip", "remote-clip",
@@ -124,7 +127,7 @@ def test_download_slims_vqgan_and_records_hash(remote_registry, tmp_path, tiny_p
 
     pipeline._load_vqgan_cached.cache_clear()  # a new process would load it afresh
     result = invoke("models", "verify", "remote-vqgan")
-    assert result.exit_code == 1 and "FAILED" in result.output
+    assert result.exit_code == 1 and "remote-vqgan: mismatch " in result.output
     result = invoke("run", "x", "--preset", tiny_preset, "--vqgan", "remote-vqgan", "-o", tmp_path / "o2")
     assert result.exit_code == 1 and "the file changed" in result.output
 

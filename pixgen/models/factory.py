@@ -17,10 +17,11 @@ from pixgen.downloads import sha256_file
 from pixgen.errors import CheckpointError, ChecksumMismatch, ModelNotAvailable, UnknownModel
 from pixgen.models.clip import CLIPScorer
 from pixgen.models.vqgan import VQGAN, VQGANConfig, generation_weights
-from pixgen.registry import ModelEntry, Registry
+from pixgen.registry import ModelEntry, Registry, architecture_problem
 from pixgen.safe_load import load_state_dict
 
 VQGAN_METADATA_KEY = "pixgen_vqgan"  # safetensors metadata: the VQGANConfig as JSON
+FIRST_STAGE_PREFIX = "first_stage_model."  # a whole taming transformer's VQGAN
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -61,22 +62,58 @@ def verified_sha256(path: Path, expected: str | None) -> str:
 
 # --- VQGAN -------------------------------------------------------------------------------------
 
+def vqgan_config_from(architecture: Any, source: str) -> VQGANConfig:
+    """A VQGANConfig from an architecture mapping, refusing one that misses or mistypes a key."""
+    problem = architecture_problem(architecture)
+    if problem:
+        raise CheckpointError(f"{source} is not a usable VQGAN architecture: {problem}")
+    return VQGANConfig.from_dict(architecture)
+
+
 def read_vqgan_config(path: Path) -> VQGANConfig:
     """Read a taming model YAML (``model.params.ddconfig`` ...)."""
     try:
         data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-        return VQGANConfig.from_taming(data)
-    except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError) as err:
-        raise CheckpointError(f"{path} is not a taming VQGAN config ({err})") from None
+    except (OSError, ValueError, yaml.YAMLError) as err:
+        reason = getattr(err, "strerror", None) or getattr(err, "problem", None) or type(err).__name__
+        raise CheckpointError(f"{path} is not a readable taming VQGAN config ({reason})") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} is not a taming VQGAN config (expected model.params, got "
+                              f"{type(data).__name__})")
+    model = data.get("model", data)
+    params = model.get("params", model) if isinstance(model, dict) else None
+    if not isinstance(params, dict):
+        raise CheckpointError(f"{path} is not a taming VQGAN config (model.params is not a mapping)")
+    quantizer = "gumbel" if "Gumbel" in str(model.get("target", "")) else "vq"
+    arch = {k: params[k] for k in ("embed_dim", "n_embed", "ddconfig") if k in params}
+    return vqgan_config_from({**arch, "quantizer": quantizer}, str(path))
 
 
 def safetensors_vqgan_config(path: Path) -> VQGANConfig | None:
     """The VQGANConfig stored in a pixgen safetensors file's metadata, if any."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
-    with safe_open(str(path), framework="pt") as handle:
-        text = (handle.metadata() or {}).get(VQGAN_METADATA_KEY)
-    return VQGANConfig.from_dict(json.loads(text)) if text else None
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            text = (handle.metadata() or {}).get(VQGAN_METADATA_KEY)
+    except (SafetensorError, OSError) as err:
+        reason = " ".join(str(err).split())[:200] or type(err).__name__
+        raise CheckpointError(f"{path} is not a readable safetensors file ({reason})") from None
+    if not text:
+        return None
+    try:
+        data = json.loads(text)
+    except ValueError:
+        raise CheckpointError(f"{path}: its {VQGAN_METADATA_KEY} metadata is not JSON") from None
+    return vqgan_config_from(data, f"{path} ({VQGAN_METADATA_KEY} metadata)")
+
+
+def vqgan_weights(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The VQGAN's generation weights, also from a whole taming transformer (its first stage)."""
+    if not any(key.startswith("encoder.") for key in state):
+        inner = {k[len(FIRST_STAGE_PREFIX):]: v for k, v in state.items() if k.startswith(FIRST_STAGE_PREFIX)}
+        state = inner or state
+    return generation_weights(state)
 
 
 def _config_beside(weights: Path) -> VQGANConfig:
@@ -94,7 +131,7 @@ def _config_beside(weights: Path) -> VQGANConfig:
 def build_vqgan(config: VQGANConfig, weights: Path, source: str) -> VQGAN:
     """Build a VQGAN and load its generation weights from ``weights``."""
     model = VQGAN(config)
-    load_matching(model, generation_weights(load_state_dict(weights)), source)
+    load_matching(model, vqgan_weights(load_state_dict(weights)), source)
     return model.eval().requires_grad_(False)
 
 
@@ -119,7 +156,7 @@ def load_vqgan(spec: str, registry: Registry) -> Loaded:
         entry = registry.get("vqgan", spec)
         weights = _available_weights(entry)
         sha = _checked_hash(entry, weights)
-        config = (VQGANConfig.from_dict(entry.architecture) if entry.architecture
+        config = (vqgan_config_from(entry.architecture, f"{entry.name} (registry)") if entry.architecture
                   else _config_beside(weights))
         return Loaded(build_vqgan(config, weights, f"{entry.name} ({weights.name})"), spec, sha)
     if not Path(spec.split(",")[-1].strip()).exists() and not Path(spec).exists():
@@ -169,17 +206,40 @@ def _custom_clip_model(config_path: Path) -> tuple[nn.Module, Any, tuple, tuple]
 
     from pixgen.shapes import tower  # noqa: F401  registers shapes-clip's timm image tower by name
 
-    try:
-        config = json.loads(Path(config_path).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise CheckpointError(f"cannot read open_clip config {config_path} ({err})") from None
+    config = read_clip_config(config_path)
     preprocess = config.pop("preprocess_cfg", {})
-    model = open_clip.CLIP(**{k: v for k, v in config.items() if k != "custom_text"})
+    try:
+        model = open_clip.CLIP(**{k: v for k, v in config.items() if k != "custom_text"})
+    except (TypeError, ValueError, KeyError, AttributeError, AssertionError, RuntimeError) as err:
+        reason = " ".join(str(err).split())[:200] or type(err).__name__
+        raise CheckpointError(f"{config_path} is not a usable open_clip model config ({reason})") from None
     context = config["text_cfg"].get("context_length", 77)
     tokenizer = open_clip.SimpleTokenizer(context_length=context)
     mean = tuple(preprocess.get("mean", OPENAI_MEAN))
     std = tuple(preprocess.get("std", OPENAI_STD))
     return model, tokenizer, mean, std
+
+
+def read_clip_config(path: Path) -> dict[str, Any]:
+    """Read an open_clip model config JSON, refusing an empty or incomplete one in one line."""
+    try:
+        config = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as err:
+        raise CheckpointError(f"cannot read open_clip config {path} ({err.strerror or err})") from None
+    except ValueError as err:
+        reason = " ".join(str(err).split())[:120]
+        raise CheckpointError(f"open_clip config {path} is not JSON ({reason})") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"open_clip config {path} must be a JSON object, not {type(config).__name__}")
+    for key in ("vision_cfg", "text_cfg"):
+        if not isinstance(config.get(key), dict):
+            raise CheckpointError(f"open_clip config {path} has no {key} object")
+    if not isinstance(config.get("embed_dim"), int) or isinstance(config.get("embed_dim"), bool):
+        raise CheckpointError(f"open_clip config {path}: embed_dim must be an integer")
+    preprocess = config.get("preprocess_cfg", {})
+    if not isinstance(preprocess, dict):
+        raise CheckpointError(f"open_clip config {path}: preprocess_cfg must be an object")
+    return config
 
 
 def _pretrained_mean_std(arch: str, tag: str | None) -> tuple[tuple, tuple]:
@@ -189,8 +249,8 @@ def _pretrained_mean_std(arch: str, tag: str | None) -> tuple[tuple, tuple]:
     return tuple(cfg.get("mean", OPENAI_MEAN)), tuple(cfg.get("std", OPENAI_STD))
 
 
-def _clip_state(weights: Path) -> dict[str, torch.Tensor]:
-    state = load_state_dict(weights)
+def _clip_state(weights: Path, fmt: str | None = None) -> dict[str, torch.Tensor]:
+    state = load_state_dict(weights, fmt=fmt)
     # open_clip training checkpoints prefix every key with "module." (DistributedDataParallel).
     if state and all(key.startswith("module.") for key in state):
         state = {key[len("module."):]: value for key, value in state.items()}
@@ -205,6 +265,30 @@ def build_clip(model: nn.Module, tokenizer, weights: Path, name: str,
     return CLIPScorer(model, tokenizer, name, mean, std)
 
 
+def _entry_clip_model(entry: ModelEntry) -> tuple[nn.Module, Any, tuple, tuple]:
+    """The untrained open_clip module of a registered CLIP, its tokenizer, mean and std."""
+    if entry.config is not None:
+        return _custom_clip_model(entry.config)
+    model, tokenizer = _open_clip_model(entry.model)
+    mean, std = _pretrained_mean_std(entry.model, entry.pretrained)
+    return model, tokenizer, mean, std
+
+
+# --- load checks for downloaded files -----------------------------------------------------------
+
+def check_vqgan_file(path: Path, architecture: Any, source: str, fmt: str | None = None) -> None:
+    """Raise CheckpointError unless ``path`` holds a VQGAN of ``architecture`` (keys and shapes)."""
+    config = vqgan_config_from(architecture, source)
+    load_matching(VQGAN(config), vqgan_weights(load_state_dict(path, fmt=fmt)), source)
+
+
+def check_clip_file(entry: ModelEntry, path: Path, fmt: str | None = None) -> None:
+    """Raise CheckpointError unless ``path`` loads into the entry's open_clip architecture."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    model = _entry_clip_model(entry)[0]
+    load_matching(model, _clip_state(path, fmt), f"{entry.name} ({path.name})")
+
+
 def load_clip(spec: str, registry: Registry) -> Loaded:
     """A CLIP scorer from a registry name, ``ARCH:WEIGHTS`` (open_clip name + file) or ``CONFIG.json``."""
     # pixgen fetches weights itself; open_clip must never try a model hub (it retries ~46 s offline).
@@ -213,11 +297,7 @@ def load_clip(spec: str, registry: Registry) -> Loaded:
         entry = registry.get("clip", spec)
         weights = _available_weights(entry)
         sha = _checked_hash(entry, weights)
-        if entry.config is not None:
-            model, tokenizer, mean, std = _custom_clip_model(entry.config)
-        else:
-            model, tokenizer = _open_clip_model(entry.model)
-            mean, std = _pretrained_mean_std(entry.model, entry.pretrained)
+        model, tokenizer, mean, std = _entry_clip_model(entry)
         return Loaded(build_clip(model, tokenizer, weights, spec, mean, std), spec, sha)
     path = Path(spec)
     if path.suffix == ".json" and path.is_file():
