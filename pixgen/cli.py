@@ -517,6 +517,7 @@ def models_list() -> None:
     Example: pixgen models list
     """
     from pixgen.config import RunConfig
+    from pixgen.model_store import model_size, pin_status
     from pixgen.registry import KINDS, load_registry
 
     registry, defaults = load_registry(), RunConfig()
@@ -526,10 +527,20 @@ def models_list() -> None:
             entry = registry.get(kind, name)
             state = model_state(entry)
             mark = "*" if name == defaults.vqgan or name in defaults.clip else " "
-            click.echo(f" {mark} {name:<26} {state:<15} {entry.description}")
+            click.echo(f" {mark} {name:<26} {state:<15} {_size_text(model_size(entry)):>9}  "
+                       f"{pin_status(entry):<22} {entry.description}")
+    click.echo("sha256: 'registry' = pinned in the registry; 'first download' = pinned when it was downloaded "
+               "and checked to load; 'pinned on download' = no hash is published, pixgen will pin it.")
     click.echo("* default: the bundled shapes-world models work offline, with no download. "
                "For real-world prompts, download a standard VQGAN and CLIP and use "
                "--preset quality (see `pixgen presets show quality`).")
+
+
+def _size_text(size: int | None) -> str:
+    """A byte count for humans ("?" when unknown)."""
+    if size is None:
+        return "?"
+    return f"{size / 1e9:.2f} GB" if size >= 1e9 else f"{size / 1e6:.1f} MB"
 
 
 def _entries(names: tuple[str, ...]):
@@ -566,21 +577,31 @@ def models_download(names, keep_original, quiet) -> None:
 def models_verify(names) -> None:
     """Re-hash model files on disk (all models if no NAME is given).
 
+    Each file is "registry" (matches the sha256 pinned in the registry), "recorded" (matches the
+    sha256 pinned at its first download), "unverified" (no reference hash: it loads, but nothing
+    vouches for it), "mismatch" or "corrupt" (no reference and it does not load).
+    Exit status: 0 every file verified, 1 a mismatch or corrupt file, 3 some files unverified.
+
     Example: pixgen models verify vqgan_imagenet_f16_16384
     """
-    from pixgen.model_store import verify_model
+    from pixgen.model_store import UNVERIFIED, verify_model
 
-    failed = 0
+    checks = []
     for entry in _entries(names):
-        checks = verify_model(entry)
-        if not checks and names:
+        found = verify_model(entry)
+        if not found and names:
             click.echo(f"{entry.name}: not downloaded")
-        for check in checks:
-            failed += not check.ok
-            click.echo(f"{entry.name}: {'ok' if check.ok else 'FAILED'} {check.path}: {check.detail}")
+        for check in found:
+            click.echo(f"{entry.name}: {check.status} {check.path}: {check.detail}")
+        checks += found
+    failed = sum(not check.ok for check in checks)
     if failed:
         raise click.ClickException(f"{failed} file(s) failed verification; "
                                    "remove and download them again (pixgen models remove NAME)")
+    unverified = sum(check.status == UNVERIFIED for check in checks)
+    if unverified:
+        click.echo(f"{unverified} file(s) load but have no reference hash: unverified (exit status 3)", err=True)
+        click.get_current_context().exit(3)
 
 
 @models.command("path")
@@ -609,7 +630,10 @@ def models_remove(names) -> None:
     Example: pixgen models remove wikiart_16384
     """
     from pixgen.model_store import remove_model
+    from pixgen.registry import check_model_name
 
+    for name in names:
+        check_model_name(name)
     for entry in _entries(names):
         click.echo(f"{entry.name}: removed {remove_model(entry)}")
 
