@@ -81,7 +81,20 @@ def finite_float(_ctx, param, value: float | None) -> float | None:
     return value
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+ENVIRONMENT_HELP = """\b
+Environment variables:
+  PIXGEN_HOME      where models are downloaded and imported (default: the user cache dir)
+  PIXGEN_OFFLINE   1/true/yes: never touch the network (same as --offline)
+  PIXGEN_REGISTRY  extra model registry YAML files, separated by the OS path separator
+  PIXGEN_PRESET    the preset used when --preset is not given (default: default)
+  PIXGEN_DEVICE    the device used when --device is not given (auto, cpu, cuda, cuda:N, mps)
+
+\b
+Shell completion (bash, zsh or fish): pixgen completion bash >> ~/.bashrc
+"""
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=ENVIRONMENT_HELP)
 @click.version_option(__version__, prog_name="pixgen")
 @click.option("--offline", is_flag=True, envvar="PIXGEN_OFFLINE",
               help="Forbid any network access (also PIXGEN_OFFLINE=1).")
@@ -98,8 +111,8 @@ def cli(offline: bool) -> None:
 def config_options(command):
     """Options shared by every command that builds a run config."""
     options = [
-        click.option("-p", "--preset", default="default", show_default=True,
-                     help="Preset name (see `pixgen presets list`) or a preset YAML file."),
+        click.option("-p", "--preset", default="default", show_default=True, envvar="PIXGEN_PRESET",
+                     help="Preset name (see `pixgen presets list`) or a preset YAML file (env PIXGEN_PRESET)."),
         click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
                      help="Your own YAML config, layered over the preset."),
         click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
@@ -122,9 +135,11 @@ def config_options(command):
                      help="Keep the image near its start (MSE weight)."),
         click.option("--image-prompt", "image_prompts", multiple=True, metavar="PATH[:WEIGHT]",
                      help="Image to match as well as or instead of text (repeatable)."),
+        click.option("--noise-prompt", "noise_prompts", multiple=True, metavar="SEED[:WEIGHT]",
+                     help="A seeded random embedding to pull towards (or push from, weight < 0); repeatable."),
         click.option("--save-every", type=int, help="Save a progress frame every N steps (0: none)."),
         click.option("--gif/--no-gif", default=None, help="Write the progress GIF."),
-        click.option("--device", help="auto, cpu, cuda, cuda:N or mps."),
+        click.option("--device", envvar="PIXGEN_DEVICE", help="auto, cpu, cuda, cuda:N or mps (env PIXGEN_DEVICE)."),
         click.option("--precision", type=click.Choice(PRECISIONS, case_sensitive=False),
                      help="Autocast precision."),
     ]
@@ -142,6 +157,7 @@ def build_config(prompt: str | None, preset: str, config_file: Path | None, over
         flags["init"] = "image"
     flags["clip"] = list(flags["clip"]) or None
     flags["image_prompts"] = list(flags["image_prompts"]) or None
+    flags["noise_prompts"] = list(flags.get("noise_prompts") or ()) or None
     flags["prompt"] = prompt
     if recipe is None:
         return resolve_config(preset, config_file, list(overrides), flags)
@@ -169,6 +185,15 @@ class ProgressBar:
                             file=sys.stderr, dynamic_ncols=True)
         self.bar.update(step.step - self.bar.n)
         self.bar.set_postfix(loss=f"{step.loss:.4f}")
+
+    def loading(self, name: str, seconds: float | None) -> None:
+        """A status line on stderr while a model loads: "loading NAME…", then its time."""
+        if not self.enabled:
+            return
+        if seconds is None:
+            click.echo(f"loading {name}…", err=True, nl=False)
+        else:
+            click.echo(f" {seconds:.1f} s", err=True)
 
     def close(self) -> None:
         if self.bar is not None:
@@ -204,7 +229,8 @@ def report(result) -> None:
 @click.option("--from", "recipe", type=click.Path(dir_okay=False, path_type=Path),
               help="Re-run the recipe stored in a pixgen PNG (other options override it).")
 @click.option("-o", "--output", type=click.Path(path_type=Path),
-              help="Output folder (default: outputs/<prompt>, numbered if taken).")
+              help="Output folder (default: outputs/<prompt>, numbered if taken), or an image file "
+                   "(.png/.jpg/.webp) with the run's other files in FILE.pixgen/.")
 @click.option("--overwrite", is_flag=True, help="Replace outputs already in the output folder.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @reports_errors
@@ -216,7 +242,8 @@ def run(prompt, recipe, output, overwrite, quiet, preset, config_file, overrides
     from pixgen.pipeline import run as run_pipeline
 
     config = build_config(prompt, preset, config_file, overrides, recipe, **flags)
-    run_with_progress(lambda progress: run_pipeline(config, output, overwrite=overwrite, on_step=progress), quiet)
+    run_with_progress(lambda progress: run_pipeline(config, output, overwrite=overwrite, on_step=progress,
+                                                    on_load=progress.loading), quiet)
 
 
 class AnimationProgress:
@@ -324,7 +351,8 @@ def resume(folder, steps, quiet) -> None:
             raise ConfigProblem("--steps applies to a still run; an animation resumes with its own schedule")
         animate_with_progress(lambda p: resume_animation(folder, on_frame=p.frame, on_step=p.step), quiet)
         return
-    run_with_progress(lambda progress: resume_run(folder, steps=steps, on_step=progress), quiet)
+    run_with_progress(lambda progress: resume_run(folder, steps=steps, on_step=progress,
+                                                  on_load=progress.loading), quiet)
 
 
 @cli.command()

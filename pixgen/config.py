@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from pixgen.errors import ConfigError
-from pixgen.prompts import parse_image_prompts, parse_prompts
+from pixgen.prompts import all_prompts
 
 PRESET_DIR = Path(__file__).parent / "presets"
 DEFAULT_PRESET = "default"
@@ -38,6 +38,7 @@ class RunConfig:
 
     prompt: str = ""  # text prompts "text:weight:stop", several joined with "|"
     image_prompts: list[str] = field(default_factory=list)  # image files "path[:weight[:stop]]"
+    noise_prompts: list[str] = field(default_factory=list)  # seeded random embeddings "seed[:weight]"
     size: list[int] = field(default_factory=lambda: [256, 256])  # output width, height in pixels
     steps: int = 300  # optimisation steps
     seed: int | None = None  # None draws a seed, which is then recorded with the output
@@ -221,8 +222,7 @@ def validate(config: RunConfig) -> None:
     need(0 < config.gif_fps <= 100, "gif_fps", "must be between 0 and 100")
     need(bool(config.prompt.strip()) or bool(config.image_prompts), "prompt",
          "give a text prompt or at least one image prompt")
-    parse_prompts(config.prompt)  # raises a ConfigError naming the bad prompt
-    parse_image_prompts(config.image_prompts)
+    all_prompts(config.prompt, config.image_prompts, config.noise_prompts)  # a ConfigError names a bad one
 
 
 def _is_device_name(name: str) -> bool:

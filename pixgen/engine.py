@@ -12,12 +12,14 @@ import contextlib
 import copy
 import math
 import random
+import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from pixgen.config import RunConfig
 from pixgen.cutouts import CutoutSpec, make_cutouts
@@ -25,7 +27,7 @@ from pixgen.inits import INIT_METHODS
 from pixgen.models.clip import CLIPScorer
 from pixgen.models.vqgan import VQGAN
 from pixgen.ops import clamp_to_codebook, latent_mse, prompt_loss, to_unit_range, vector_quantize
-from pixgen.prompts import Prompt, parse_image_prompts, parse_prompts
+from pixgen.prompts import Prompt, all_prompts
 
 OPTIMIZERS = {
     "adam": lambda params, lr: torch.optim.Adam(params, lr=lr),
@@ -64,6 +66,7 @@ class Step:
     z: torch.Tensor  # the latents after the step (a copy: later steps do not change it)
     vqgan: VQGAN = field(repr=False)
     state: dict[str, Any] = field(repr=False)  # optimiser and RNG state as they were after this step
+    seed: int | None = None  # the run's seed (drawn by generate when the config has none)
 
     def image(self) -> torch.Tensor:
         """The current image, (1, 3, H, W) in [0, 1] on the CPU."""
@@ -108,7 +111,9 @@ def embed_targets(clip: CLIPScorer, prompts: list[Prompt],
     """Embed text and image prompts with one CLIP model."""
     targets = []
     for prompt in prompts:
-        if prompt.is_image:
+        if prompt.is_noise:
+            embedding = noise_embedding(int(prompt.source), clip.encode_text([""]).shape[-1]).to(clip.mean)
+        elif prompt.is_image:
             with torch.no_grad():
                 image = clip.prepare_image(images[prompt.source].to(clip.mean))
                 embedding = clip.encode_image(image)[0]
@@ -116,6 +121,11 @@ def embed_targets(clip: CLIPScorer, prompts: list[Prompt],
             embedding = clip.encode_text([prompt.source])[0]
         targets.append(Target(embedding, prompt.weight, prompt.stop))
     return targets
+
+
+def noise_embedding(seed: int, dim: int) -> torch.Tensor:
+    """A unit vector drawn from N(0, I) with its own seed (the same on every device)."""
+    return F.normalize(torch.randn(dim, generator=torch.Generator().manual_seed(seed)), dim=0)
 
 
 def clip_losses(image: torch.Tensor, clip: CLIPScorer, targets: list[Target],
@@ -152,12 +162,14 @@ def generate(config: RunConfig, models: Models, *, init_image: torch.Tensor | No
              resume: dict[str, Any] | None = None) -> Iterator[Step]:
     """Optimise VQGAN latents towards the prompts; yield a :class:`Step` after every step.
 
-    ``config.seed`` must be set. ``prompt_images`` maps each image prompt's path to its pixels,
-    (1, 3, H, W) in [0, 1]; ``resume`` is a ``Step.checkpoint()`` to continue from.
+    A ``config.seed`` of None draws a seed, reported as ``Step.seed``. ``prompt_images`` maps each
+    image prompt's path to its pixels, (1, 3, H, W) in [0, 1]; ``resume`` is a ``Step.checkpoint()``
+    to continue from.
     """
-    generator = seed_everything(config.seed)
+    seed = config.seed if config.seed is not None else secrets.randbelow(2**31)
+    generator = seed_everything(seed)
     vqgan, device = models.vqgan, models.device
-    prompts = parse_prompts(config.prompt) + parse_image_prompts(config.image_prompts)
+    prompts = all_prompts(config.prompt, config.image_prompts, config.noise_prompts)
     targets = [embed_targets(clip, prompts, prompt_images or {}) for clip in models.clips]
     specs = [cutout_spec(config, clip) for clip in models.clips]
 
@@ -191,4 +203,4 @@ def generate(config: RunConfig, models: Models, *, init_image: torch.Tensor | No
         optimizer.step()
         clamp_to_codebook(z, vqgan.codebook)
         yield Step(step + 1, config.steps, total.item(), [loss.item() for loss in losses],
-                   z.detach().clone(), vqgan, snapshot(optimizer, generator))
+                   z.detach().clone(), vqgan, snapshot(optimizer, generator), seed)

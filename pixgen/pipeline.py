@@ -10,8 +10,11 @@ from __future__ import annotations
 import functools
 import re
 import secrets
+import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -149,25 +152,49 @@ def read_image(path: str, what: str) -> torch.Tensor:
     return torch.from_numpy(pixels).permute(2, 0, 1).unsqueeze(0)
 
 
+LoadReport = Callable[[str, float | None], None]  # (model name, None) when loading starts, (name, seconds) at the end
+_on_load: ContextVar[LoadReport | None] = ContextVar("on_load", default=None)
+
+
+@contextmanager
+def _reported(name: str) -> Iterator[None]:
+    report, start = _on_load.get(), time.perf_counter()
+    if report is not None:
+        report(name, None)
+    yield
+    if report is not None:
+        report(name, time.perf_counter() - start)
+
+
 @functools.lru_cache(maxsize=4)
 def _load_vqgan_cached(spec: str, device: str) -> Loaded:
-    loaded = load_vqgan(spec, load_registry())
-    loaded.module.to(device)
+    with _reported(spec):
+        loaded = load_vqgan(spec, load_registry())
+        loaded.module.to(device)
     return loaded
 
 
 @functools.lru_cache(maxsize=8)
 def _load_clip_cached(spec: str, device: str) -> Loaded:
-    loaded = load_clip(spec, load_registry())
-    loaded.module.to(device)
+    with _reported(spec):
+        loaded = load_clip(spec, load_registry())
+        loaded.module.to(device)
     return loaded
 
 
-def load_models(config: RunConfig) -> tuple[Models, list[Loaded]]:
-    """Load (or reuse, within this process) the run's VQGAN and CLIP models."""
+def load_models(config: RunConfig, on_load: LoadReport | None = None) -> tuple[Models, list[Loaded]]:
+    """Load (or reuse, within this process) the run's VQGAN and CLIP models.
+
+    ``on_load`` hears about each model actually loaded (not those reused): its name when loading
+    starts, then its name and the seconds it took.
+    """
     device = pick_device(config.device)
-    vqgan = _load_vqgan_cached(config.vqgan, str(device))
-    clips = [_load_clip_cached(spec, str(device)) for spec in config.clip]
+    token = _on_load.set(on_load)
+    try:
+        vqgan = _load_vqgan_cached(config.vqgan, str(device))
+        clips = [_load_clip_cached(spec, str(device)) for spec in config.clip]
+    finally:
+        _on_load.reset(token)
     return Models(vqgan.module, [c.module for c in clips], device), [vqgan, *clips]
 
 
@@ -189,27 +216,28 @@ class Prepared:
     inputs: dict[str, str]  # sha256 of each input image
 
 
-def prepare(config: RunConfig) -> Prepared:
+def prepare(config: RunConfig, on_load: LoadReport | None = None) -> Prepared:
     """Validate ``config``, read its input images, load the models and check memory; no disk writes."""
     if config.seed is None:
         config = replace(config, seed=secrets.randbelow(2**31))
     validate(config)
     init_image, prompt_images = _inputs(config)
     inputs = input_hashes(config)
-    models, loaded = load_models(config)
+    models, loaded = load_models(config, on_load)
     check_memory(config, models)
     return Prepared(config, models, loaded, init_image, prompt_images, inputs)
 
 
 def run(config: RunConfig, output_dir: Path | None = None, *, overwrite: bool = False,
-        on_step: Callable[[Step], None] | None = None, resume: dict | None = None) -> RunResult:
+        on_step: Callable[[Step], None] | None = None, resume: dict | None = None,
+        on_load: LoadReport | None = None) -> RunResult:
     """Generate one image for ``config`` and write every output into ``output_dir``.
 
     Everything is checked before the output folder is created or changed. Ctrl-C
     (KeyboardInterrupt) stops early but keeps the work: the image and ``state.pt`` of the last
     whole step, the frames and the GIF are written, and ``RunResult.completed`` is False.
     """
-    job = prepare(config)
+    job = prepare(config, on_load)
     config = job.config
     output_dir, image_path = run_location(output_dir if output_dir is not None else default_output_dir(config))
     if resume is not None:
@@ -328,8 +356,8 @@ def read_run_config(output_dir: Path) -> RunConfig:
     return config_from_mapping(read_yaml_mapping(path, "run config"), f"run config {path}")
 
 
-def resume_run(output: Path, *, steps: int | None = None,
-               on_step: Callable[[Step], None] | None = None) -> RunResult:
+def resume_run(output: Path, *, steps: int | None = None, on_step: Callable[[Step], None] | None = None,
+               on_load: LoadReport | None = None) -> RunResult:
     """Continue an interrupted run from its ``state.pt``; ``steps`` may raise the total.
 
     ``output`` is what ``-o`` named: the run folder, or the image file (``cat.png``) whose files
@@ -350,4 +378,4 @@ def resume_run(output: Path, *, steps: int | None = None,
         raise InputError(f"{output_dir} already ran {state['step']} of {config.steps} steps; "
                          "pass --steps with a larger total to continue")
     return run(config, output_dir if image_path == output_dir / IMAGE_NAME else image_path,
-               on_step=on_step, resume=state)
+               on_step=on_step, resume=state, on_load=on_load)

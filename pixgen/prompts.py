@@ -26,6 +26,7 @@ class Prompt:
     weight: float = 1.0  # negative weights push the image away
     stop: float | None = None  # see the module docstring; None: never stops
     is_image: bool = False
+    is_noise: bool = False  # a seeded random embedding; ``source`` is the seed
 
 
 def _trailing_numbers(spec: str) -> tuple[str, list[float]]:
@@ -73,3 +74,24 @@ def parse_prompts(text: str) -> list[Prompt]:
 def parse_image_prompts(specs: list[str]) -> list[Prompt]:
     """Parse ``path[:weight[:stop]]`` image prompts."""
     return [parse_prompt(spec, is_image=True) for spec in specs]
+
+
+def parse_noise_prompts(specs: list[str]) -> list[Prompt]:
+    """Parse ``SEED[:WEIGHT]`` noise prompts: a seeded random unit embedding pulled (or pushed) with WEIGHT."""
+    prompts = []
+    for spec in specs:
+        seed, sep, weight_text = str(spec).strip().partition(":")
+        try:
+            weight = float(weight_text) if sep else 1.0
+            number = int(seed)
+        except ValueError:
+            raise ConfigError(f"noise prompt {spec!r} must look like SEED[:WEIGHT], e.g. 42:0.5") from None
+        if number < 0 or not math.isfinite(weight) or weight == 0:
+            raise ConfigError(f"noise prompt {spec!r}: the seed must be >= 0 and the weight a finite non-zero number")
+        prompts.append(Prompt(str(number), weight, None, is_noise=True))
+    return prompts
+
+
+def all_prompts(text: str, image_specs: list[str], noise_specs: list[str]) -> list[Prompt]:
+    """Every prompt of a run, in loss order: text, then image, then noise prompts."""
+    return parse_prompts(text) + parse_image_prompts(image_specs) + parse_noise_prompts(noise_specs)

@@ -31,7 +31,7 @@ _ENTRY_KEYS = frozenset({"description", "architecture", "model", "pretrained", "
 _FILE_KEYS = frozenset({"urls", "sha256", "size", "pinned", "alternatives", "format"})
 _ROLES = {"vqgan": ("checkpoint",), "clip": ("weights",), "judge": ("weights",)}
 _FORMATS = ("openai-torchscript",)
-_DDCONFIG_INTS = ("ch", "out_ch", "num_res_blocks", "in_channels", "resolution", "z_channels")
+_DDCONFIG_INTS = ("ch", "out_ch", "in_channels", "resolution", "z_channels")  # num_res_blocks may be 0
 
 
 def check_model_name(name: object) -> str:
@@ -62,6 +62,9 @@ def _ddconfig_problem(dd: dict) -> str | None:
     for key in _DDCONFIG_INTS:
         if not _positive_int(dd.get(key)):
             return f"ddconfig.{key} must be a positive integer (got {dd.get(key)!r})"
+    blocks = dd.get("num_res_blocks")
+    if not (_positive_int(blocks) or blocks == 0) or isinstance(blocks, bool):
+        return f"ddconfig.num_res_blocks must be an integer >= 0 (got {blocks!r})"
     ch_mult = dd.get("ch_mult")
     if not isinstance(ch_mult, list) or not ch_mult or not all(_positive_int(m) for m in ch_mult):
         return f"ddconfig.ch_mult must be a non-empty list of positive integers (got {ch_mult!r})"
