@@ -587,7 +587,7 @@ def _entries(names: tuple[str, ...]):
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @reports_errors
 def models_download(names, keep_original, quiet) -> None:
-    """Download models, verify their sha256, and keep a slim copy of VQGANs.
+    """Download models, check that they load as what they claim, pin their sha256, keep a slim copy of VQGANs.
 
     Example: pixgen models download vqgan_imagenet_f16_16384 ViT-B-32-openai
     """
