@@ -45,6 +45,9 @@ def reports_errors(command):
             raise click.ClickException(one_line(err)) from None
         except KeyboardInterrupt:
             raise Interrupted("interrupted; nothing was written") from None
+        except BrokenPipeError:  # `pixgen ... | head` closed the pipe: stop quietly, as shell tools do
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(141)
         except (click.exceptions.Exit, click.ClickException, click.Abort, SystemExit):
             raise
         except Exception as err:
@@ -176,6 +179,7 @@ class ProgressBar:
     def __init__(self, enabled: bool):
         self.enabled = enabled
         self.bar = None
+        self.loading_line_open = False
 
     def __call__(self, step) -> None:
         if self.bar is None:
@@ -187,15 +191,24 @@ class ProgressBar:
         self.bar.set_postfix(loss=f"{step.loss:.4f}")
 
     def loading(self, name: str, seconds: float | None) -> None:
-        """A status line on stderr while a model loads: "loading NAME…", then its time."""
+        """Model loading on stderr: on a terminal "loading NAME…" then its time; in logs one line when done."""
         if not self.enabled:
             return
+        interactive = sys.stderr.isatty()
         if seconds is None:
-            click.echo(f"loading {name}…", err=True, nl=False)
-        else:
+            if interactive:
+                click.echo(f"loading {name}…", err=True, nl=False)
+                self.loading_line_open = True
+        elif interactive:
             click.echo(f" {seconds:.1f} s", err=True)
+            self.loading_line_open = False
+        else:
+            click.echo(f"loaded {name} in {seconds:.1f} s", err=True)
 
     def close(self) -> None:
+        if self.loading_line_open:  # loading failed: clear the status line before the error
+            click.echo("\r\033[K", err=True, nl=False)
+            self.loading_line_open = False
         if self.bar is not None:
             self.bar.close()
 
@@ -242,6 +255,11 @@ def run(prompt, recipe, output, overwrite, quiet, preset, config_file, overrides
     from pixgen.pipeline import run as run_pipeline
 
     config = build_config(prompt, preset, config_file, overrides, recipe, **flags)
+    from pixgen.shapes.vocabulary import offworld_notice
+
+    notice = offworld_notice(config.prompt, config.clip)
+    if notice:
+        click.echo(notice, err=True)
     run_with_progress(lambda progress: run_pipeline(config, output, overwrite=overwrite, on_step=progress,
                                                     on_load=progress.loading), quiet)
 

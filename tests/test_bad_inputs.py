@@ -470,7 +470,7 @@ def test_bug_keeps_traceback_after_a_summary_line(tmp_path, tiny_preset, monkeyp
 def test_ctrl_c_while_loading_models_leaves_no_folder(tmp_path, tiny_preset, monkeypatch):
     import pixgen.pipeline as pipeline
 
-    def interrupted(config):
+    def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
     out = tmp_path / "out"

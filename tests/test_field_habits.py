@@ -206,6 +206,37 @@ def test_help_documents_every_environment_variable():
 
 def test_loading_status_line_unless_quiet(tmp_path, tiny_preset):
     loud = invoke("run", "a red circle", "--preset", tiny_preset, "-o", tmp_path / "a")
-    assert re.search(r"loading tiny-vqgan… \d+\.\d s", loud.output), loud.output
+    assert re.search(r"loaded tiny-vqgan in \d+\.\d s", loud.output), loud.output
     quiet = invoke("run", "a red circle", "--preset", tiny_preset, "-o", tmp_path / "b", "-q")
-    assert "loading tiny" not in quiet.output
+    assert "loaded tiny" not in quiet.output
+
+
+def test_offworld_words_get_one_honest_line_with_the_bundled_models(tmp_path):
+    result = invoke("run", "a castle in the sky | a red circle", "--steps", "1", "--save-every", "0", "--no-gif",
+                    "-o", tmp_path / "out", "-q")
+    assert result.exit_code == 0, result.output
+    notes = [line for line in result.output.splitlines() if line.startswith("note:")]
+    assert len(notes) == 1 and "not: castle, sky." in notes[0] and "--preset imagenet" in notes[0]
+
+
+def test_shapes_words_in_any_phrasing_get_no_notice(tmp_path, tiny_preset):
+    from pixgen.shapes.vocabulary import offworld_notice
+
+    assert offworld_notice("Purple background with one yellow circle.", ["shapes-clip", "shapes-clip-2"]) is None
+    assert offworld_notice("a castle", ["tiny-clip"]) is None  # other models: no opinion
+
+
+def test_output_closed_by_the_reader_ends_quietly():
+    import os
+    import subprocess
+    import sys
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # like `| head` that has already stopped reading
+    try:
+        process = subprocess.run([sys.executable, "-m", "pixgen", "presets", "list"], stdout=write_end,
+                                 stderr=subprocess.PIPE, text=True, timeout=60)
+    finally:
+        os.close(write_end)
+    assert process.returncode == 141
+    assert "Traceback" not in process.stderr and "internal error" not in process.stderr
