@@ -2,6 +2,9 @@
 
 Every cutout is an affine map (scale, offset, rotation, flip) from the CLIP input square to
 the image, so one ``affine_grid`` + ``grid_sample`` call produces every cut: no loop per cut.
+A cut that shrinks its region by 2x or more samples a box-filtered (mipmap) level of the image
+instead, so fine detail averages out rather than aliasing into a false pattern; cuts at up to
+2x shrink (every cut of the shapes world) sample the image itself, exactly as before.
 """
 
 from __future__ import annotations
@@ -48,15 +51,48 @@ def cutout_thetas(height: int, width: int, spec: CutoutSpec,
     return theta
 
 
+def mip_levels(theta: torch.Tensor, height: int, width: int, cut_size: int) -> torch.Tensor:
+    """Per cut, the mipmap level to sample: floor(log2(shrink)), 0 below a 2x shrink."""
+    pixels = theta[:, :2, :2] * torch.tensor([width, height], dtype=theta.dtype).view(1, 2, 1)
+    side_px = pixels.norm(dim=1).amax(dim=1)  # the cut's longer side in image pixels
+    return torch.log2((side_px / cut_size).clamp(min=1.0)).floor().long()
+
+
+def image_pyramid(image: torch.Tensor, levels: int) -> list[torch.Tensor]:
+    """``image`` and ``levels`` successive 2x box-filtered halvings of it (differentiable)."""
+    pyramid = [image]
+    for _ in range(levels):
+        pyramid.append(F.avg_pool2d(pyramid[-1], 2, ceil_mode=True))
+    return pyramid
+
+
+def sample_cuts(image: torch.Tensor, grid: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
+    """grid_sample each cut from its mipmap level of ``image`` (one call when every cut is level 0)."""
+    count = grid.shape[0]
+    top = int(levels.max()) if count else 0
+    if top == 0:
+        return F.grid_sample(image.expand(count, -1, -1, -1), grid, mode="bilinear",
+                             padding_mode="reflection", align_corners=False)
+    pyramid = image_pyramid(image, top)
+    parts, order = [], []
+    for level in levels.unique().tolist():
+        index = (levels == level).nonzero().flatten()
+        parts.append(F.grid_sample(pyramid[level].expand(len(index), -1, -1, -1), grid[index],
+                                   mode="bilinear", padding_mode="reflection", align_corners=False))
+        order.append(index)
+    return torch.cat(parts)[torch.cat(order).argsort()]
+
+
 def make_cutouts(image: torch.Tensor, spec: CutoutSpec,
                  generator: torch.Generator | None = None) -> torch.Tensor:
     """One image (1, 3, H, W) in [0, 1] -> augmented cutouts (N, 3, cut_size, cut_size)."""
     _, channels, height, width = image.shape
-    theta = cutout_thetas(height, width, spec, generator).to(image)
+    theta = cutout_thetas(height, width, spec, generator)
+    levels = mip_levels(theta, height, width, spec.cut_size)
+    theta = theta.to(image)
     grid = F.affine_grid(theta, [spec.cut_count, channels, spec.cut_size, spec.cut_size],
                          align_corners=False)
-    cuts = F.grid_sample(image.expand(spec.cut_count, -1, -1, -1), grid,
-                         mode="bilinear", padding_mode="reflection", align_corners=False)
+    cuts = sample_cuts(image, grid, levels)
     if spec.noise > 0:
         scale = torch.rand(spec.cut_count, 1, 1, 1, generator=generator) * spec.noise
         noise = torch.randn(cuts.shape, generator=generator) * scale

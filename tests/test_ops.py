@@ -90,3 +90,32 @@ def test_cutouts_are_reproducible_from_the_generator():
     a = make_cutouts(image, spec, torch.Generator().manual_seed(3))
     b = make_cutouts(image, spec, torch.Generator().manual_seed(3))
     assert torch.equal(a, b)
+
+
+def _checkerboard(side: int) -> torch.Tensor:
+    board = (torch.arange(side).view(1, -1) + torch.arange(side).view(-1, 1)) % 2
+    return board.float().expand(1, 3, side, side).contiguous()
+
+
+def test_cutouts_that_shrink_a_lot_are_low_pass_filtered():
+    from pixgen.cutouts import sample_cuts
+
+    image = _checkerboard(512)  # a 1-pixel pattern: any aliasing shows as a false pattern
+    spec = CutoutSpec(cut_count=6, cut_size=32, flip=False, rotate=10.0, min_scale=4.0)  # 128-512 px cuts
+    cuts = make_cutouts(image, spec, torch.Generator().manual_seed(0))
+    assert cuts.std().item() < 0.02 and abs(cuts.mean().item() - 0.5) < 0.01  # averaged to flat grey
+    theta = cutout_thetas(512, 512, spec, torch.Generator().manual_seed(0))
+    grid = torch.nn.functional.affine_grid(theta, [6, 3, 32, 32], align_corners=False)
+    aliased = sample_cuts(image, grid, torch.zeros(6, dtype=torch.long))  # plain bilinear: what it was
+    assert aliased.std().item() > 0.1  # about 0.17: a false pattern
+
+
+def test_cutouts_below_a_2x_shrink_are_sampled_as_before():
+    image = torch.rand(1, 3, 64, 64)
+    spec = CutoutSpec(cut_count=8, cut_size=48, rotate=15.0)
+    cuts = make_cutouts(image, spec, torch.Generator().manual_seed(1))
+    theta = cutout_thetas(64, 64, spec, torch.Generator().manual_seed(1))
+    grid = torch.nn.functional.affine_grid(theta, [8, 3, 48, 48], align_corners=False)
+    plain = torch.nn.functional.grid_sample(image.expand(8, -1, -1, -1), grid, mode="bilinear",
+                                            padding_mode="reflection", align_corners=False)
+    assert torch.equal(cuts, plain)
