@@ -397,6 +397,8 @@ def export(folder, fmt, fps, output, overwrite) -> None:
 @config_options
 @click.option("--prompts", "prompts_file", type=click.Path(dir_okay=False, path_type=Path),
               help="Prompts to evaluate, one per line (default: the shapes world's held-out prompts).")
+@click.option("--paraphrases", is_flag=True,
+              help="Evaluate the held-out combinations in 8 wordings the training captions never use.")
 @click.option("--seeds", type=click.IntRange(min=1), default=2, show_default=True, help="Seeds per prompt.")
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=Path("outputs/eval"), show_default=True,
               help="Folder for the images, report.json and contact-sheet.png.")
@@ -405,8 +407,8 @@ def export(folder, fmt, fps, output, overwrite) -> None:
               help="The judge: registry name or weights file.")
 @click.option("-q", "--quiet", is_flag=True, help="No per-image lines.")
 @reports_errors
-def eval_command(prompts_file, seeds, output, overwrite, judge_spec, quiet, preset, config_file, overrides,
-                 **flags) -> None:
+def eval_command(prompts_file, paraphrases, seeds, output, overwrite, judge_spec, quiet, preset, config_file,
+                 overrides, **flags) -> None:
     """Measure prompt fidelity: generate per prompt and seed, judge with shapes-judge.
 
     Example: pixgen eval --preset default --seeds 2 -o outputs/eval
@@ -415,9 +417,17 @@ def eval_command(prompts_file, seeds, output, overwrite, judge_spec, quiet, pres
     from pixgen.models.factory import load_judge_model
     from pixgen.registry import load_registry
 
-    prompts = read_prompts(prompts_file)
+    expected = None
+    if paraphrases:
+        if prompts_file is not None:
+            raise ConfigProblem("give --prompts or --paraphrases, not both")
+        from pixgen.shapes.paraphrases import paraphrased_prompts
+
+        prompts, expected = (list(column) for column in zip(*paraphrased_prompts(), strict=True))
+    else:
+        prompts = read_prompts(prompts_file)
     config = build_config(prompts[0], preset, config_file, overrides, **flags)
-    check_prompts(config, prompts)
+    check_prompts(config, prompts, expected)
     judge = load_judge_model(judge_spec, load_registry()).module
 
     def show(verdict) -> None:
@@ -426,7 +436,8 @@ def eval_command(prompts_file, seeds, output, overwrite, judge_spec, quiet, pres
             click.echo(f"{mark} {verdict.prompt} (seed {verdict.seed}): judge saw "
                        f"{' '.join(verdict.judge.values())} [{verdict.seconds:.1f} s]")
 
-    report = evaluate(config, prompts, seeds, output, judge=judge, overwrite=overwrite, on_image=show)
+    report = evaluate(config, prompts, seeds, output, judge=judge, overwrite=overwrite, on_image=show,
+                      expected=expected)
     for scorer, title in (("judge", "shapes-judge (independent), strict"),
                           ("judge_forced_choice", "shapes-judge, forced choice of circle/square/triangle"),
                           ("guiding_clip", "shapes-clip (guides generation)")):

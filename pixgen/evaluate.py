@@ -90,28 +90,32 @@ def final_image(config: RunConfig, models) -> torch.Tensor:
     return deque(generate(config, models), maxlen=1)[0].image()
 
 
-def check_prompts(base: RunConfig, prompts: list[str]) -> None:
+def check_prompts(base: RunConfig, prompts: list[str], expected: list[dict] | None = None) -> None:
     """Refuse, before generating anything, a prompt the run would reject or the judge cannot score."""
     for number, prompt in enumerate(prompts, 1):
         try:
             validate(replace(base, prompt=prompt, seed=0))
         except ConfigError as err:
             raise ConfigError(f"eval prompt {number} ({prompt!r}): {err}") from None
-        expected = parse_caption(prompt)
-        if not any(expected.get(a) for a in ATTRIBUTES):
+        named = expected[number - 1] if expected else parse_caption(prompt)
+        if not any(named.get(a) for a in ATTRIBUTES):
             raise InputError(f"eval prompt {number} ({prompt!r}) names no shape, colour or background of the "
                              "shapes world, so the judge cannot score it")
 
 
 def evaluate(base: RunConfig, prompts: list[str], seeds: int, output_dir: Path, *, judge,
-             overwrite: bool = False, on_image: Callable[[Verdict], None] | None = None) -> dict:
-    """Generate and judge ``len(prompts) * seeds`` images; write images, report.json and a contact sheet."""
+             overwrite: bool = False, on_image: Callable[[Verdict], None] | None = None,
+             expected: list[dict] | None = None) -> dict:
+    """Generate and judge ``len(prompts) * seeds`` images; write images, report.json and a contact sheet.
+
+    ``expected`` gives the attributes each prompt names (default: read from the prompt's words).
+    """
     output_dir = Path(output_dir)
     if output_dir.exists() and not output_dir.is_dir():
         raise OutputExists(f"output {output_dir} exists and is not a folder")
     if (output_dir / REPORT_NAME).exists() and not overwrite:
         raise OutputExists(f"{output_dir / REPORT_NAME} exists; pass --overwrite or choose another --output")
-    check_prompts(base, prompts)
+    check_prompts(base, prompts, expected)
     models, loaded = load_models(base)
     clip_scorer = ClipClassifier(models.clips[0])
     verdicts = []
@@ -124,7 +128,8 @@ def evaluate(base: RunConfig, prompts: list[str], seeds: int, output_dir: Path, 
             name = f"images/{index:03d}-{slugify(prompt, 40)}-s{seed}.png"
             save_png(output_dir / name, to_pixels(image), png_text(config, loaded, config.steps))
             (strict,), (forced,) = judge.predict_both(image)
-            verdict = Verdict(prompt, seed, name, parse_caption(prompt), strict, forced,
+            named = expected[index] if expected else parse_caption(prompt)
+            verdict = Verdict(prompt, seed, name, named, strict, forced,
                               clip_scorer.predict(image)[0], round(seconds, 3))
             verdicts.append(verdict)
             if on_image is not None:

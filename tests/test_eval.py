@@ -61,3 +61,37 @@ def test_accuracy_counts_only_named_attributes():
     assert scores["colour"] == 1 / 2
     assert scores["background"] == 1.0
     assert scores["all"] == 1 / 3
+
+
+def test_paraphrase_wordings_never_come_out_of_the_training_grammar():
+    import numpy as np
+
+    from pixgen.shapes import world
+    from pixgen.shapes.paraphrases import WORDINGS, paraphrased_prompts
+
+    prompts = paraphrased_prompts()
+    assert len(WORDINGS) >= 8 and len(prompts) == 8 * len(world.HELD_OUT_COMBOS)
+    rng = np.random.default_rng(0)
+    training = {world.describe(s, c, b, rng=rng).lower() for s, c, b in world.HELD_OUT_COMBOS for _ in range(400)}
+    training |= {world.describe(s, c, b).lower() for s, c, b in world.HELD_OUT_COMBOS}
+    assert len(training) > 24 * 4  # the sample covers the grammar's variants
+    assert not {prompt.lower() for prompt, _ in prompts} & training
+
+
+def test_eval_paraphrases_scores_against_the_combination_not_the_words(tmp_path, tiny_preset, monkeypatch):
+    from pixgen.shapes import paraphrases, world
+
+    one_combo = paraphrases.paraphrased_prompts(world.HELD_OUT_COMBOS[:1])
+    monkeypatch.setattr(paraphrases, "paraphrased_prompts", lambda: one_combo)
+    out = tmp_path / "eval"
+    result = CliRunner().invoke(cli, ["eval", "--paraphrases", "--preset", str(tiny_preset), "--seeds", "1",
+                                      "--steps", "1", "-o", str(out), "-q"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    shape, colour, background = world.HELD_OUT_COMBOS[0]
+    assert report["images"] == 8
+    assert {v["prompt"] for v in report["verdicts"]} == {p for p, _ in one_combo}
+    assert all(v["expected"] == {"shape": shape, "colour": colour, "background": background, "size": None}
+               for v in report["verdicts"])
+    both = CliRunner().invoke(cli, ["eval", "--paraphrases", "--prompts", str(tmp_path / "x.txt")])
+    assert both.exit_code == 2 and "not both" in both.output
