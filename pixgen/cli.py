@@ -44,7 +44,7 @@ def reports_errors(command):
         except PixgenError as err:
             raise click.ClickException(one_line(err)) from None
         except KeyboardInterrupt:
-            raise Interrupted("interrupted; nothing was written") from None
+            raise Interrupted("interrupted; what was saved before is kept") from None
         except BrokenPipeError:  # `pixgen ... | head` closed the pipe: stop quietly, as shell tools do
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             sys.exit(141)

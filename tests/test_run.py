@@ -186,3 +186,20 @@ def test_outputs_get_normal_permissions_not_private_temp_ones(tmp_path, tiny_pre
         os.umask(old)
     for name in ("image.png", "progress.gif", "run.yaml", "state.pt"):
         assert stat.S_IMODE((tmp_path / "out" / name).stat().st_mode) == 0o644, name
+
+
+def test_from_png_reruns_its_recipe_byte_for_byte(tmp_path, tiny_preset):
+    from PIL import Image as PILImage
+
+    PILImage.new("RGB", (32, 32), "blue").save(tmp_path / "init.png")
+    first = run_tiny(tiny_preset, tmp_path / "a", "--seed", "9", "--init-image", tmp_path / "init.png")
+    assert first.exit_code == 0, first.output
+    again = invoke("run", "--from", tmp_path / "a" / "image.png", "-o", tmp_path / "b", "-q")
+    assert again.exit_code == 0, again.output
+    assert (tmp_path / "a" / "image.png").read_bytes() == (tmp_path / "b" / "image.png").read_bytes()
+    longer = invoke("run", "--from", tmp_path / "a" / "image.png", "--steps", "8", "-o", tmp_path / "c", "-q")
+    assert longer.exit_code == 0 and read_png_text(tmp_path / "c" / "image.png")["steps_done"] == "8"
+    environment = yaml.safe_load(read_png_text(tmp_path / "a" / "image.png")["environment"])
+    assert environment["device"] == "cpu" and environment["threads"] >= 1 and environment["torch"]
+    inputs = yaml.safe_load(read_png_text(tmp_path / "a" / "image.png")["inputs"])
+    assert list(inputs) == [str(tmp_path / "init.png")] and len(inputs[str(tmp_path / "init.png")]) == 64
