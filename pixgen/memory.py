@@ -2,7 +2,7 @@
 
 The estimate counts the activations kept for the backward pass: the decoder's resolution levels
 (about ten tensors of each level's size per ResNet block) and each CLIP's per-cutout activations.
-On the standard f16 VQGAN at 256x256 with ViT-B/32 and 32 cutouts it says about 3.4 GB, where
+On the standard f16 VQGAN at 256x256 with ViT-B/32 and 32 cutouts it says about 3.2 GB, where
 the measured peak is about 4.2 GB including the weights. It is meant to refuse the absurd (a
 100-megapixel request), not to fit a run to the last megabyte.
 """
