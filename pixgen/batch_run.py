@@ -46,6 +46,7 @@ class BatchResult:
     errors: dict[str, str] = field(default_factory=dict)  # folder name -> one-line error
     interrupted: bool = False
     skipped: int = 0  # jobs found done and verified when the batch started
+    notes: list[str] = field(default_factory=list)  # advice for the user, one line each
 
     def names(self, *states: str) -> list[str]:
         """Names of the jobs in any of ``states``, in manifest order."""
@@ -170,7 +171,12 @@ def run_batch(jobs: list[Job], output_dir: Path, *, workers: int = 1, devices: l
     if workers <= 1 and not devices:
         _run_local(batch, todo, on_step)
     elif todo:
-        _run_pool(batch, todo, worker_devices(workers, devices))
+        pool = worker_devices(workers, devices)
+        if len(pool) > 1 and len(set(pool)) == 1:
+            shared = pool[0] or "the jobs' device"
+            batch.result.notes.append(f"note: {len(pool)} worker processes shared one device ({shared}); there, one "
+                                      "process (the default) is usually as fast, with less memory")
+        _run_pool(batch, todo, pool)
     batch.refresh()
     return batch.result
 
@@ -200,7 +206,7 @@ def summary(result: BatchResult, root: Path, again: str) -> list[str]:
     """What a batch did, in a few lines; ``again`` is the command that continues it."""
     done, failed = result.names("done"), result.names("failed")
     pending = result.names("pending", "interrupted")
-    lines = [f"{len(done)} of {len(result.jobs)} jobs done ({result.skipped} already done before), "
+    lines = [*result.notes, f"{len(done)} of {len(result.jobs)} jobs done ({result.skipped} already done before), "
              f"{len(pending)} pending, {len(failed)} failed; gallery: {root / 'index.html'}"]
     lines += [f"failed: {job.name}: {result.errors[job.folder.name]}" for job in result.jobs
               if job.folder.name in result.errors and result.status[job.folder.name] == "failed"]

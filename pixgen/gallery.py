@@ -119,7 +119,7 @@ body {{ font: 14px system-ui, sans-serif; margin: 1em; background: #fafafa; }}
 def _card_html(card: Card) -> str:
     esc = html.escape
     search = " ".join([card.name, card.prompt, f"seed {card.seed}", card.preset]).lower()
-    picture = (f'<img src="{esc(quote(card.image))}" alt="{esc(card.prompt)}" loading="lazy">' if card.done
+    picture = (f'<img src="{esc(quote(card.image))}" alt="{esc(card.prompt)}">' if card.done
                else '<div class="pending">pending</div>')
     loss = f"{card.loss:.4f}" if card.loss is not None else "-"
     return (f'<figure class="card" data-search="{esc(search)}" data-job="{esc(card.name)}">{picture}'

@@ -293,3 +293,23 @@ def test_kill_9_during_and_between_jobs_then_rerun_completes_exactly(tmp_path, t
         assert (text["prompt"], text["seed"], text["steps_done"]) == (job.config.prompt, "0", "24")
     whole = run(jobs[0].config, tmp_path / "whole")
     assert (jobs[0].folder / "image.png").read_bytes() == whole.image_path.read_bytes()
+
+
+def test_two_worker_processes_share_out_the_jobs(tmp_path, tiny_preset):
+    manifest = write_manifest(tmp_path / "m.yaml", {"defaults": {"preset": str(tiny_preset), "steps": 3},
+                                                    "matrix": {"prompt": ["a", "b", "c"], "seed": [0]}})
+    out = tmp_path / "out"
+    result = invoke("batch", manifest, "-o", out, "-q", "--devices", "cpu,cpu")
+    assert result.exit_code == 0, result.output
+    assert "3 of 3 jobs done" in result.output
+    records = log_records(out)
+    assert sorted(r["event"] for r in records) == ["end"] * 3 + ["start"] * 3
+    for job in plan_batch(manifest, out):
+        assert read_png_text(job.folder / "image.png")["steps_done"] == "3"
+    assert "3 of 3 jobs done (3 already done before)" in invoke("batch", manifest, "-o", out, "-q").output
+
+
+def test_ray_executor_says_what_to_install(tmp_path, manifest):
+    result = CliRunner().invoke(cli, ["batch", str(manifest), "-o", str(tmp_path / "o"), "--executor", "ray"])
+    assert result.exit_code == 1
+    assert result.output.strip() == "Error: the ray executor needs: pip install 'pixgen[ray]'"
