@@ -313,3 +313,16 @@ def test_ray_executor_says_what_to_install(tmp_path, manifest):
     result = CliRunner().invoke(cli, ["batch", str(manifest), "-o", str(tmp_path / "o"), "--executor", "ray"])
     assert result.exit_code == 1
     assert result.output.strip() == "Error: the ray executor needs: pip install 'pixgen[ray]'"
+
+
+def test_log_skips_a_torn_last_line_and_appends_on_a_fresh_line(tmp_path):
+    from pixgen.batch_log import BatchLog
+
+    log = BatchLog(tmp_path / "batch.jsonl")
+    log.append({"event": "start", "folder": "a-1"})
+    with open(log.path, "ab") as handle:
+        handle.write(b'{"event": "end", "folder": "a-1", "fi')  # killed mid-write
+    assert [r["event"] for r in log.records()] == ["start"]
+    log.append({"event": "start", "folder": "a-1"})
+    assert [r["event"] for r in log.records()] == ["start", "start"]
+    assert log.path.read_text().count("\n") == 3
