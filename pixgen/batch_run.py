@@ -165,18 +165,16 @@ def run_batch(jobs: list[Job], output_dir: Path, *, workers: int = 1, devices: l
         raise OutputError(f"cannot create output folder {root}: {err.strerror}") from None
     remove_stale_temps(root)
     batch = Batch(jobs, root, on_event)
-    batch.refresh()
-    batch.emit("begin", None)
-    todo = batch.todo()
-    if workers <= 1 and not devices:
-        _run_local(batch, todo, on_step)
-    elif todo:
-        pool = worker_devices(workers, devices)
-        if len(pool) > 1 and len(set(pool)) == 1:
-            shared = pool[0] or "the jobs' device"
-            batch.result.notes.append(f"note: {len(pool)} worker processes shared one device ({shared}); there, one "
-                                      "process (the default) is usually as fast, with less memory")
-        _run_pool(batch, todo, pool)
+    try:
+        batch.refresh()
+        batch.emit("begin", None)
+        todo = batch.todo()
+        if workers <= 1 and not devices:
+            _run_local(batch, todo, on_step)
+        elif todo:
+            _run_pool(batch, todo, worker_devices(workers, devices))
+    except KeyboardInterrupt:  # between jobs (hashing, the gallery): every finished job is already logged
+        batch.result.interrupted = True
     batch.refresh()
     return batch.result
 
@@ -241,14 +239,18 @@ def parse_devices(text: str) -> list[str]:
 
 
 def _run_pool(batch: Batch, todo: list[Job], devices: list[str | None]) -> None:
+    if len(devices) > 1 and len(set(devices)) == 1:
+        shared = devices[0] or "the jobs' device"
+        batch.result.notes.append(f"note: {len(devices)} worker processes shared one device ({shared}); there, one "
+                                  "process (the default) is usually as fast, with less memory")
     context = multiprocessing.get_context("spawn")
     tasks, results, stop = context.Queue(), context.Queue(), context.Event()
     for index, job in enumerate(todo):
         tasks.put((index, job))
     cpu_workers = sum(1 for d in devices if d in (None, "cpu"))
     threads = max(1, (os.cpu_count() or 1) // max(1, cpu_workers))
-    procs = [context.Process(target=_worker, args=(device, threads, tasks, results, stop), daemon=True)
-             for device in devices]
+    procs = [context.Process(target=_worker, args=(number, device, threads, tasks, results, stop), daemon=True)
+             for number, device in enumerate(devices)]
     for proc in procs:
         proc.start()
     started: dict[int, float] = {}
@@ -266,25 +268,32 @@ def _run_pool(batch: Batch, todo: list[Job], devices: list[str | None]) -> None:
 
 
 def _collect(batch: Batch, todo: list[Job], procs: list, results, started: dict[int, float]) -> None:
-    """Log the workers' news until they have all exited."""
+    """Log the workers' news until they have all exited; a job whose worker died counts as failed."""
+    running: dict[int, int] = {}  # worker number -> index of the job it runs
     while True:
         try:
-            kind, index, payload = results.get(timeout=0.2)
+            kind, index, payload, worker = results.get(timeout=0.2)
         except queue.Empty:
+            for number, proc in enumerate(procs):
+                if not proc.is_alive() and number in running:
+                    batch.failed(todo[running.pop(number)], f"its worker process died (exit code {proc.exitcode}); "
+                                 "run the batch again to continue it")
             if not any(proc.is_alive() for proc in procs):
                 return
             continue
         job = todo[index]
         if kind == "start":
-            started[index] = time.perf_counter()
+            started[index], running[worker] = time.perf_counter(), index
             batch.started(job, payload)
-        elif kind == "result":
+            continue
+        running.pop(worker, None)
+        if kind == "result":
             batch.finished(job, payload, time.perf_counter() - started.get(index, time.perf_counter()))
         elif kind == "failed":
             batch.failed(job, payload)
 
 
-def _worker(device: str | None, threads: int, tasks, results, stop) -> None:
+def _worker(number: int, device: str | None, threads: int, tasks, results, stop) -> None:
     """A worker process: take jobs until the queue is empty or the parent says stop."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; a stop interrupts at the next step
     if device in (None, "cpu"):
@@ -301,16 +310,17 @@ def _worker(device: str | None, threads: int, tasks, results, stop) -> None:
             index, job = tasks.get_nowait()
         except queue.Empty:
             return
-        results.put(("start", index, resume_point(job)))
+        results.put(("start", index, resume_point(job), number))
         try:
             result = execute_job(job, check_stop, device)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt:  # stopped before the job's first step: nothing of it to keep
+            results.put(("failed", index, "stopped before its first step", number))
             return
         except PixgenError as err:
-            results.put(("failed", index, " ".join(str(err).split())))
+            results.put(("failed", index, " ".join(str(err).split()), number))
             if isinstance(err, FATAL):
                 return
             continue
-        results.put(("result", index, result))
+        results.put(("result", index, result, number))
         if not result.completed:
             return
