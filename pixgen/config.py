@@ -23,7 +23,7 @@ PRESET_DIR = Path(__file__).parent / "presets"
 DEFAULT_PRESET = "default"
 OPTIMIZERS = ("adam", "adamw", "sgd")
 INITS = ("random", "image", "pixels", "gradient", "perlin")
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEVICE_KINDS = ("auto", "cpu", "cuda", "mps")  # cuda may carry an index: cuda:N
 # Upper limits, far above what a run needs, that stop a typo from asking for gigabytes
 # before pixgen's memory estimate (pixgen.memory) gets a say.
@@ -57,7 +57,7 @@ class RunConfig:
     vqgan: str = "shapes-vqgan"  # registry name or local checkpoint file(s)
     clip: list[str] = field(default_factory=lambda: ["shapes-clip", "shapes-clip-2"])  # several: an ensemble
     device: str = "auto"  # auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps
-    precision: str = "fp32"  # autocast precision of the models: fp32, bf16, fp16
+    precision: str = "auto"  # autocast precision of decoder and CLIP: auto (per device), fp32, bf16, fp16
     save_every: int = 50  # save a progress frame every N steps (0: no frames)
     gif: bool = True  # write a progress GIF of the frames
     gif_fps: float = 10.0  # frames per second of the progress GIF

@@ -4,17 +4,23 @@
 what to save or print. Each step: quantise z (straight-through) -> decode -> clamp to [0, 1]
 -> cutouts + augmentations -> CLIP embeddings -> spherical-distance loss per prompt -> Adam
 step (constant or cosine-decayed learning rate) -> clamp z to the codebook's per-channel range.
+
+Mixed precision (bf16/fp16 autocast) covers the decoder and the CLIP forward only; the quantiser,
+the image, the cutout grid (torch 2.14.1's CPU ``grid_sample`` is wrong in bf16), the loss and the
+optimiser stay fp32. ``precision: auto`` picks per device (:func:`resolve_precision`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import math
 import random
 import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,6 +31,7 @@ from pixgen.config import RunConfig
 from pixgen.cutouts import CutoutSpec, make_cutouts
 from pixgen.inits import INIT_METHODS
 from pixgen.models.clip import CLIPScorer
+from pixgen.models.inference import prepare_for_device
 from pixgen.models.vqgan import VQGAN
 from pixgen.ops import clamp_to_codebook, latent_mse, prompt_loss, to_unit_range, vector_quantize
 from pixgen.prompts import Prompt, all_prompts
@@ -35,6 +42,7 @@ OPTIMIZERS = {
     "sgd": lambda params, lr: torch.optim.SGD(params, lr=lr, momentum=0.9),
 }
 PRECISION_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+SMALL_DECODER_PARAMS = 5_000_000  # below this, auto stays fp32 on the CPU: nothing to gain
 
 
 @dataclass
@@ -61,12 +69,26 @@ class Step:
 
     step: int  # steps done so far, 1-based
     total: int  # steps the run will take in all
-    loss: float  # total loss of this step
-    losses: list[float]  # per (CLIP model, prompt), in order
+    loss_values: torch.Tensor = field(repr=False)  # [total, *losses], read lazily (no host sync on CUDA)
     z: torch.Tensor  # the latents after the step (a copy: later steps do not change it)
     vqgan: VQGAN = field(repr=False)
     state: dict[str, Any] = field(repr=False)  # optimiser and RNG state as they were after this step
     seed: int | None = None  # the run's seed (drawn by generate when the config has none)
+    precision: str = "fp32"  # the precision the step ran in (``auto`` resolved)
+
+    @functools.cached_property
+    def _values(self) -> list[float]:
+        return self.loss_values.tolist()
+
+    @property
+    def loss(self) -> float:
+        """Total loss of this step."""
+        return self._values[0]
+
+    @property
+    def losses(self) -> list[float]:
+        """Loss per (CLIP model, prompt) in order, then the init_weight term if any."""
+        return self._values[1:]
 
     def image(self) -> torch.Tensor:
         """The current image, (1, 3, H, W) in [0, 1] on the CPU."""
@@ -101,9 +123,13 @@ def latent_grid(size: list[int], vqgan: VQGAN) -> tuple[int, int]:
     return max(size[1] // f, 1), max(size[0] // f, 1)
 
 
-def synth(z: torch.Tensor, vqgan: VQGAN) -> torch.Tensor:
-    """Latents -> image in [0, 1] via nearest-code quantisation (straight-through)."""
-    return to_unit_range(vqgan.decode(vector_quantize(z, vqgan.codebook)))
+def synth(z: torch.Tensor, vqgan: VQGAN, cast=contextlib.nullcontext) -> torch.Tensor:
+    """Latents -> image in [0, 1] via nearest-code quantisation (straight-through); only the
+    decoder runs under ``cast`` (an autocast context factory), the rest in fp32."""
+    quantized = vector_quantize(z, vqgan.codebook)
+    with cast():
+        decoded = vqgan.decode(quantized)
+    return to_unit_range(decoded.float())
 
 
 def embed_targets(clip: CLIPScorer, prompts: list[Prompt],
@@ -129,10 +155,11 @@ def noise_embedding(seed: int, dim: int) -> torch.Tensor:
 
 
 def clip_losses(image: torch.Tensor, clip: CLIPScorer, targets: list[Target],
-                spec: CutoutSpec, generator: torch.Generator) -> list[torch.Tensor]:
-    """One loss per target: cutouts of ``image`` embedded by ``clip`` against each target."""
+                spec: CutoutSpec, generator: torch.Generator,
+                cast=contextlib.nullcontext) -> list[torch.Tensor]:
+    """One loss per target: cutouts of ``image`` (fp32) embedded by ``clip`` (under ``cast``)."""
     cuts = make_cutouts(image, spec, generator)
-    embeds = clip.encode_image(cuts)
+    embeds = clip.encode_image(cuts, cast)
     return [prompt_loss(embeds, t.embedding, t.weight, t.stop) for t in targets]
 
 
@@ -151,10 +178,45 @@ def learning_rate(config: RunConfig, step: int) -> float:
     return config.lr_final + (config.lr - config.lr_final) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def _autocast(device: torch.device, precision: str):
+def resolve_precision(precision: str, device_type: str, *, cpu_bf16: bool = False,
+                      cuda_bf16: bool = False, small_model: bool = False) -> str:
+    """The precision a run uses: ``auto`` becomes bf16 on a CPU with native bf16 (AVX512-BF16 or
+    AMX) unless the models are small, fp32 on other CPUs and on MPS, bf16 or else fp16 on CUDA."""
+    if precision != "auto":
+        return precision
+    if device_type == "cuda":
+        return "bf16" if cuda_bf16 else "fp16"
+    if device_type == "cpu" and cpu_bf16 and not small_model:
+        return "bf16"
+    return "fp32"
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (the avx512_bf16 or amx_bf16 flag in /proc/cpuinfo)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def run_precision(precision: str, device: torch.device | str, vqgan: torch.nn.Module | None = None) -> str:
+    """:func:`resolve_precision` with this machine's facts; ``vqgan`` decides whether models are small."""
+    device = torch.device(device)
+    if precision != "auto":
+        return precision
+    small = vqgan is not None and sum(p.numel() for p in vqgan.parameters()) < SMALL_DECODER_PARAMS
+    cuda_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    return resolve_precision(precision, device.type, cpu_bf16=device.type == "cpu" and cpu_has_native_bf16(),
+                             cuda_bf16=cuda_bf16, small_model=small)
+
+
+def autocast_factory(device: torch.device, precision: str):
+    """A function returning a fresh autocast context for ``precision`` (a null context for fp32)."""
     if precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=PRECISION_DTYPES[precision])
+        return contextlib.nullcontext
+    return functools.partial(torch.autocast, device.type, dtype=PRECISION_DTYPES[precision])
 
 
 def generate(config: RunConfig, models: Models, *, init_image: torch.Tensor | None = None,
@@ -169,6 +231,9 @@ def generate(config: RunConfig, models: Models, *, init_image: torch.Tensor | No
     seed = config.seed if config.seed is not None else secrets.randbelow(2**31)
     generator = seed_everything(seed)
     vqgan, device = models.vqgan, models.device
+    precision = run_precision(config.precision, device, vqgan)
+    cast = autocast_factory(device, precision)
+    prepare_for_device(vqgan, device)
     prompts = all_prompts(config.prompt, config.image_prompts, config.noise_prompts)
     targets = [embed_targets(clip, prompts, prompt_images or {}) for clip in models.clips]
     specs = [cutout_spec(config, clip) for clip in models.clips]
@@ -189,18 +254,18 @@ def generate(config: RunConfig, models: Models, *, init_image: torch.Tensor | No
 
     for step in range(first, config.steps):
         optimizer.zero_grad(set_to_none=True)
-        with _autocast(device, config.precision):
-            image = synth(z, vqgan)
-            losses = [loss for clip, t, spec in zip(models.clips, targets, specs, strict=True)
-                      for loss in clip_losses(image, clip, t, spec, generator)]
+        image = synth(z, vqgan, cast)
+        losses = [loss for clip, t, spec in zip(models.clips, targets, specs, strict=True)
+                  for loss in clip_losses(image, clip, t, spec, generator, cast)]
         if config.init_weight > 0:
             losses.append(latent_mse(z, z_init, config.init_weight))
-        total = torch.stack([loss.float() for loss in losses]).sum()
+        values = torch.stack([loss.float() for loss in losses])
+        total = values.sum()
         total.backward()
-        total, losses = total.detach(), [loss.detach() for loss in losses]
+        values = torch.cat([total.detach().view(1), values.detach()])
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(config, step)
         optimizer.step()
         clamp_to_codebook(z, vqgan.codebook)
-        yield Step(step + 1, config.steps, total.item(), [loss.item() for loss in losses],
-                   z.detach().clone(), vqgan, snapshot(optimizer, generator), seed)
+        yield Step(step + 1, config.steps, values, z.detach().clone(), vqgan,
+                   snapshot(optimizer, generator), seed, precision)

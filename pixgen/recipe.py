@@ -39,8 +39,9 @@ def input_hashes(config: RunConfig) -> dict[str, str]:
 
 
 def png_text(config: RunConfig, loaded: list, steps_done: int, device: str | None = None,
-             inputs: dict[str, str] | None = None) -> dict[str, str]:
-    """The recipe stored in every output PNG's text chunks."""
+             inputs: dict[str, str] | None = None, precision: str | None = None) -> dict[str, str]:
+    """The recipe stored in every output PNG's text chunks; ``precision`` is the one the run used
+    (by default ``config.precision`` resolved for the device and models, as the engine does)."""
     import torch
 
     models = [{"name": m.name, "sha256": m.sha256} for m in loaded]
@@ -53,10 +54,23 @@ def png_text(config: RunConfig, loaded: list, steps_done: int, device: str | Non
         "config": config_to_yaml(config),
         "inputs": yaml.safe_dump(inputs if inputs is not None else input_hashes(config), sort_keys=True),
         "environment": yaml.safe_dump({"torch": str(torch.__version__), "device": device or config.device,
-                                       "threads": torch.get_num_threads()}, sort_keys=False),
+                                       "threads": torch.get_num_threads(),
+                                       "precision": precision or precision_used(config, loaded, device)},
+                                      sort_keys=False),
     }
     text["parameters"] = parameters_text(config, loaded, steps_done, device or config.device)
     return text
+
+
+def precision_used(config: RunConfig, loaded: list, device: str | None = None) -> str:
+    """The precision a run of ``config`` with the ``loaded`` models (VQGAN first) uses on ``device``."""
+    from pixgen.devices import pick_device
+    from pixgen.engine import run_precision
+
+    if config.precision != "auto":
+        return config.precision
+    return run_precision(config.precision, pick_device(device or config.device),
+                         loaded[0].module if loaded else None)
 
 
 def parameters_text(config: RunConfig, loaded: list, steps_done: int, device: str) -> str:

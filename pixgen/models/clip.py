@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 
 import torch
@@ -31,10 +32,18 @@ class CLIPScorer(nn.Module):
         with torch.no_grad():
             return F.normalize(self.model.encode_text(tokens).float(), dim=-1)
 
-    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
-        """Images in [0, 1] at ``image_size`` (B, 3, S, S) -> unit-length embeddings (B, D)."""
+    def encode_image(self, images: torch.Tensor, cast=contextlib.nullcontext) -> torch.Tensor:
+        """Images in [0, 1] at ``image_size`` (B, 3, S, S) -> unit-length embeddings (B, D).
+
+        Only the model's forward runs under ``cast`` (an autocast context factory); the
+        normalisations before and after it stay fp32.
+        """
         normalized = (images - self.mean) / self.std
-        return F.normalize(self.model.encode_image(normalized).float(), dim=-1)
+        if normalized.is_cuda:
+            normalized = normalized.contiguous(memory_format=torch.channels_last)
+        with cast():
+            features = self.model.encode_image(normalized)
+        return F.normalize(features.float(), dim=-1)
 
     def prepare_image(self, images: torch.Tensor) -> torch.Tensor:
         """Resize any image batch in [0, 1] to the model's input size (for image prompts)."""

@@ -99,7 +99,9 @@ class VQGAN(nn.Module):
         return quantized
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Latents (B, embed_dim, h, w) -> images roughly in [-1, 1]."""
+        """Latents (B, embed_dim, h, w) -> images roughly in [-1, 1] (channels-last on CUDA)."""
+        if latents.is_cuda:
+            latents = latents.contiguous(memory_format=torch.channels_last)
         return self.decoder(self.post_quant_conv(latents))
 
     def decode_indices(self, indices: torch.Tensor) -> torch.Tensor:
