@@ -247,7 +247,9 @@ def run(config: RunConfig, output_dir: Path | None = None, *, overwrite: bool = 
         claim_image_path(image_path, output_dir, overwrite)
         created = claim_output_dir(output_dir, overwrite)
 
-    frames = sorted((output_dir / FRAMES_DIR).glob("step-*.png")) if resume else []
+    # frames past the checkpoint (a kill between a frame and its state) are made again, not kept twice
+    frames = [f for f in sorted((output_dir / FRAMES_DIR).glob("step-*.png"))
+              if resume and int(f.stem.removeprefix("step-")) <= resume["step"]]
     last: Step | None = None
     completed = False
     try:
@@ -259,8 +261,9 @@ def run(config: RunConfig, output_dir: Path | None = None, *, overwrite: bool = 
                 if config.save_every and last.step % config.save_every == 0:
                     frames.append(output_dir / FRAMES_DIR / f"step-{last.step:05d}.png")
                     save_png(frames[-1], to_pixels(last.image()))
-                save_state(output_dir / STATE_NAME, last)
+                # the config first: a kill between the two leaves an older state beside it, still resumable
                 atomic_write_text(output_dir / CONFIG_NAME, config_to_yaml(config))
+                save_state(output_dir / STATE_NAME, last)
         completed = True
     except KeyboardInterrupt:
         if last is None:
@@ -365,17 +368,19 @@ def resume_run(output: Path, *, steps: int | None = None, on_step: Callable[[Ste
     """
     output_dir, image_path = run_location(output)
     config_path, state_path = output_dir / CONFIG_NAME, output_dir / STATE_NAME
-    if not config_path.is_file() or not state_path.is_file():
-        raise InputError(f"{output_dir} is not a pixgen run folder (no {CONFIG_NAME} or {STATE_NAME})")
+    if not config_path.is_file():
+        raise InputError(f"{output_dir} is not a pixgen run folder (no {CONFIG_NAME})")
     config = read_run_config(output_dir)
     if config.seed is None:
         raise InputError(f"{config_path} records no seed, so the run cannot be resumed exactly")
     if steps is not None:
         config = replace(config, steps=steps)
         validate(config)
+    target = output_dir if image_path == output_dir / IMAGE_NAME else image_path
+    if not state_path.is_file():  # killed before its first checkpoint: the seed makes a fresh start exact
+        return run(config, target, overwrite=True, on_step=on_step, on_load=on_load)
     state = read_state(state_path)
     if state["step"] >= config.steps:
         raise InputError(f"{output_dir} already ran {state['step']} of {config.steps} steps; "
                          "pass --steps with a larger total to continue")
-    return run(config, output_dir if image_path == output_dir / IMAGE_NAME else image_path,
-               on_step=on_step, resume=state, on_load=on_load)
+    return run(config, target, on_step=on_step, resume=state, on_load=on_load)

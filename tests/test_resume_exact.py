@@ -130,3 +130,34 @@ def test_real_signal_at_a_random_moment_resumes_exactly(signal_number, tiny_pres
     resumed = CliRunner().invoke(cli, ["resume", str(out), "-q"])
     assert resumed.exit_code == 0, resumed.output
     assert (out / "image.png").read_bytes() == whole_run(tiny_preset, steps)
+
+
+def test_a_frame_written_after_the_last_checkpoint_is_not_kept_twice(tiny_preset, tmp_path, uninterrupted):
+    import shutil
+
+    from pixgen.config import resolve_config
+    from pixgen.pipeline import resume_run, run
+
+    def stop_at_11(step):
+        if step.step == 11:
+            raise KeyboardInterrupt
+
+    config = resolve_config(str(tiny_preset), flags={"prompt": "a red circle", "seed": 5, "steps": int(STEPS)})
+    out = tmp_path / "cut"
+    run(config, out, on_step=stop_at_11)
+    # as if killed after writing step 12's frame but before its state.pt
+    shutil.copy(out / "frames" / "step-00010.png", out / "frames" / "step-00012.png")
+    resume_run(out)
+    assert (out / "progress.gif").read_bytes() == (tiny_preset.parent / f"whole-{STEPS}" / "progress.gif").read_bytes()
+
+
+def test_killed_before_the_first_checkpoint_starts_again_exactly(tiny_preset, tmp_path, uninterrupted):
+    from pixgen.config import config_to_yaml, resolve_config
+
+    out = tmp_path / "early"
+    out.mkdir()
+    config = resolve_config(str(tiny_preset), flags={"prompt": "a red circle", "seed": 5, "steps": int(STEPS)})
+    (out / "run.yaml").write_text(config_to_yaml(config))  # what a kill before state.pt leaves
+    resumed = CliRunner().invoke(cli, ["resume", str(out), "-q"])
+    assert resumed.exit_code == 0, resumed.output
+    assert (out / "image.png").read_bytes() == uninterrupted
