@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 
 from pixgen import __version__
-from pixgen.config import INITS, OPTIMIZERS, PRECISIONS  # no torch: --help stays fast
+from pixgen.config import DEVICE_KINDS, INITS, OPTIMIZERS, PRECISIONS  # no torch: --help stays fast
 from pixgen.errors import ConfigError, PixgenError
 
 
@@ -75,6 +75,17 @@ def parse_size(_ctx, _param, value: str | None) -> list[int] | None:
     if len(parts) != 2:
         raise click.BadParameter(f"{value!r}: expected WIDTHxHEIGHT or a single number")
     return parts
+
+
+class DeviceName(click.ParamType):
+    """A device: auto, cpu, cuda, cuda:N or mps; checked with the config, completed by the shell."""
+
+    name = "device"
+
+    def shell_complete(self, ctx, param, incomplete):
+        from click.shell_completion import CompletionItem
+
+        return [CompletionItem(kind) for kind in DEVICE_KINDS if kind.startswith(incomplete.lower())]
 
 
 def finite_float(_ctx, param, value: float | None) -> float | None:
@@ -142,7 +153,8 @@ def config_options(command):
                      help="A seeded random embedding to pull towards (or push from, weight < 0); repeatable."),
         click.option("--save-every", type=int, help="Save a progress frame every N steps (0: none)."),
         click.option("--gif/--no-gif", default=None, help="Write the progress GIF."),
-        click.option("--device", envvar="PIXGEN_DEVICE", help="auto, cpu, cuda, cuda:N or mps (env PIXGEN_DEVICE)."),
+        click.option("--device", type=DeviceName(), envvar="PIXGEN_DEVICE",
+                     help="auto, cpu, cuda, cuda:N or mps (env PIXGEN_DEVICE)."),
         click.option("--precision", type=click.Choice(PRECISIONS, case_sensitive=False),
                      help="Autocast precision."),
     ]

@@ -166,7 +166,8 @@ def test_bad_noise_prompts_are_one_line(spec, tiny_preset):
 
 @pytest.mark.parametrize("option, expected", [("--optimizer", ["adam", "adamw", "sgd"]),
                                               ("--init", ["random", "image", "pixels", "gradient", "perlin"]),
-                                              ("--precision", ["auto", "fp32", "bf16", "fp16"])])
+                                              ("--precision", ["auto", "fp32", "bf16", "fp16"]),
+                                              ("--device", ["auto", "cpu", "cuda", "mps"])])
 def test_shell_completion_offers_choices(option, expected):
     env = {"_PIXGEN_COMPLETE": "bash_complete", "COMP_WORDS": f"pixgen run {option} ", "COMP_CWORD": "3"}
     result = CliRunner().invoke(cli, [], env=env, prog_name="pixgen")
