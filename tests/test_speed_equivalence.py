@@ -13,6 +13,7 @@ import torch.nn.functional as F
 import yaml
 from click.testing import CliRunner
 from conftest import TINY_VQGAN
+from taming.modules.diffusionmodules.model import Decoder
 
 from pixgen import engine
 from pixgen.cli import cli
@@ -21,7 +22,7 @@ from pixgen.cutouts import CutoutSpec
 from pixgen.engine import Models, autocast_factory, clip_losses, resolve_precision, run_precision, synth
 from pixgen.models.clip import CLIPScorer
 from pixgen.models.factory import load_clip, load_vqgan
-from pixgen.models.inference import ConvLinear, FusedSelfAttention, prepare_for_device
+from pixgen.models.inference import ConvLinear, FusedSelfAttention, PatchLinear, SiluDecoder, prepare_for_device
 from pixgen.models.vqgan import VQGAN, VQGANConfig
 from pixgen.ops import vector_quantize
 from pixgen.output import read_png_text
@@ -46,6 +47,7 @@ def test_optimised_clip_embeds_and_backpropagates_as_the_stock_model_in_fp32():
     modules = list(scorer.modules())
     assert sum(isinstance(m, FusedSelfAttention) for m in modules) == 4  # 2 image + 2 text blocks
     assert sum(isinstance(m, ConvLinear) for m in modules) >= 12
+    assert isinstance(scorer.model.visual.conv1, PatchLinear)
     assert not any(isinstance(m, torch.nn.MultiheadAttention) for m in modules)
     assert scorer.model.state_dict().keys() == stock.state_dict().keys()  # same weights, same names
 
@@ -71,13 +73,17 @@ def _tiny_vqgan() -> VQGAN:
 def test_decoder_gives_the_stock_image_in_fp32_also_channels_last_as_on_cuda():
     vqgan = _tiny_vqgan()
     z = torch.randn(1, 8, 8, 8)
+    assert isinstance(vqgan.decoder, SiluDecoder)
+    stock_decoder = Decoder(**TINY_VQGAN["ddconfig"]).eval()  # taming's own, swish as x * sigmoid(x)
+    stock_decoder.load_state_dict(vqgan.decoder.state_dict())
     quantized = vector_quantize(z, vqgan.codebook)
-    stock = (vqgan.decoder(vqgan.post_quant_conv(quantized)).add(1).div(2)).clamp(0, 1)
+    stock = (stock_decoder(vqgan.post_quant_conv(quantized)).add(1).div(2)).clamp(0, 1)
     torch.testing.assert_close(synth(z, vqgan), stock, atol=1e-6, rtol=0)
-    assert prepare_for_device(vqgan, "cpu") is vqgan  # on the CPU: untouched
-    fast = copy.deepcopy(vqgan).to(memory_format=torch.channels_last)  # what CUDA gets
-    torch.testing.assert_close(synth(z.contiguous(memory_format=torch.channels_last), fast), stock,
-                               atol=1e-5, rtol=0)
+    for device, precision in (("cpu", "bf16"), ("cpu", "fp32"), ("cuda", "bf16")):  # each layout it gets
+        fast = prepare_for_device(copy.deepcopy(vqgan), device, precision)
+        channels_last = fast.decoder.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+        assert channels_last == (device == "cuda" or precision == "fp32")
+        torch.testing.assert_close(synth(z, fast), stock, atol=1e-5, rtol=0)
 
 
 def test_mixed_precision_step_gradient_matches_fp32_and_keeps_the_cutout_grid_fp32(monkeypatch):

@@ -14,6 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from pixgen.models.inference import fused_swish
+
 QUANTIZERS = ("vq", "gumbel")
 
 
@@ -75,6 +77,7 @@ class VQGAN(nn.Module):
         with contextlib.redirect_stdout(io.StringIO()):
             self.encoder = Encoder(**dd)
             self.decoder = Decoder(**dd)
+        fused_swish(self)  # same outputs to float rounding, faster (pixgen.models.inference)
         if config.quantizer == "gumbel":
             self.quantize = GumbelQuantize(dd["z_channels"], config.embed_dim, n_embed=config.n_embed)
         else:
@@ -99,8 +102,8 @@ class VQGAN(nn.Module):
         return quantized
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Latents (B, embed_dim, h, w) -> images roughly in [-1, 1] (channels-last on CUDA)."""
-        if latents.is_cuda:
+        """Latents (B, embed_dim, h, w) -> images roughly in [-1, 1], in the weights' memory format."""
+        if self.decoder.conv_in.weight.is_contiguous(memory_format=torch.channels_last):
             latents = latents.contiguous(memory_format=torch.channels_last)
         return self.decoder(self.post_quant_conv(latents))
 
