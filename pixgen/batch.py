@@ -225,5 +225,3 @@ def check_executor(executor: str, address: str | None) -> None:
 
         if importlib.util.find_spec("ray") is None:
             raise PixgenError("the ray executor needs: pip install 'pixgen[ray]'")
-        raise PixgenError("the ray executor is not available in this version of pixgen; "
-                          "use --executor local with --devices")

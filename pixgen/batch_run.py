@@ -1,7 +1,9 @@
 """Running a planned batch: skip verified jobs, resume half-done ones, log, refresh the gallery.
 
 One process by default (models stay loaded between jobs: ``pipeline.load_models`` caches them);
-``workers > 1`` or ``devices`` hand jobs to spawned worker processes, one per device entry.
+``workers > 1`` or ``devices`` hand jobs to spawned worker processes, one per device entry;
+``executor="ray"`` runs them on Ray actors (``pixgen.batch_ray``). A job whose worker dies is run
+again by a new worker (up to RETRIES times), from the state its folder holds.
 Ctrl-C stops the running job(s) after saving their state; nothing done is lost.
 """
 
@@ -12,9 +14,11 @@ import os
 import queue
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from pixgen.batch import Job, check_folder
 from pixgen.batch_log import LOG_NAME, BatchLog, is_verified, output_files, remove_stale_temps
@@ -25,6 +29,8 @@ from pixgen.pipeline import CONFIG_NAME, STATE_NAME, RunResult, read_run_config,
 
 # Errors that are not about one job: the batch stops instead of failing every later job the same way.
 FATAL = (CheckpointError, ModelNotAvailable, UnknownModel, OutputError)
+RETRIES = 2  # times a job whose worker died is run again before it counts as failed
+EXECUTORS = ("local", "ray")
 
 
 @dataclass
@@ -73,14 +79,30 @@ def resume_point(job: Job) -> int | None:
     return step if step < job.config.steps else None
 
 
-def execute_job(job: Job, on_step: Callable | None = None, device: str | None = None) -> RunResult:
+def execute_job(job: Job, on_step: Callable | None = None, device: str | None = None,
+                on_load: Callable | None = None) -> RunResult:
     """Run one job in its folder: continue it from its ``state.pt`` if half done, else start afresh."""
     if job.folder.is_dir():
         remove_stale_temps(job.folder)
     config = job.config if device is None else replace(job.config, device=device)
     if resume_point(job) is not None:  # what resume_run does, with the config the batch already knows
-        return run(config, job.folder, on_step=on_step, resume=read_state(job.folder / STATE_NAME))
-    return run(config, job.folder, overwrite=True, on_step=on_step)
+        return run(config, job.folder, on_step=on_step, resume=read_state(job.folder / STATE_NAME),
+                   on_load=on_load)
+    return run(config, job.folder, overwrite=True, on_step=on_step, on_load=on_load)
+
+
+@contextmanager
+def using_threads(threads: int | None) -> Iterator[None]:
+    """torch's CPU threads set to ``threads`` for a while (None: unchanged); the same number gives the same images."""
+    import torch
+
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 class Batch:
@@ -117,9 +139,10 @@ class Batch:
         self.log.append({"event": "start", **_identity(job), "resume_from": resume_from})
         self.emit("start", job)
 
-    def finished(self, job: Job, result: RunResult, seconds: float) -> None:
+    def finished(self, job: Job, result: RunResult, seconds: float, extra: dict | None = None) -> None:
+        """Log a job's end (``extra``: more fields for its record, e.g. the worker that ran it)."""
         record = {**_identity(job), "steps_done": result.steps_done, "loss": result.loss,
-                  "seconds": round(seconds, 3)}
+                  "seconds": round(seconds, 3), **(extra or {})}
         if result.completed:
             record = {"event": "end", **record, "files": output_files(job.folder)}
             self.ends[job.folder.name] = record
@@ -131,6 +154,10 @@ class Batch:
         self.log.append(record)
         self.refresh()
         self.emit("finish", job)
+
+    def retried(self, job: Job, error: str) -> None:
+        """Log that a job's worker died mid-job; the job stays pending and runs again."""
+        self.log.append({"event": "retry", **_identity(job), "error": error})
 
     def failed(self, job: Job, error: str) -> None:
         self.log.append({"event": "failed", **_identity(job), "error": error})
@@ -154,8 +181,17 @@ def _identity(job: Job) -> dict:
 
 
 def run_batch(jobs: list[Job], output_dir: Path, *, workers: int = 1, devices: list[str] | None = None,
-              on_step: Callable | None = None, on_event: Callable[[BatchEvent], None] | None = None) -> BatchResult:
-    """Run every job not yet verified done; returns each job's state (see BatchResult)."""
+              on_step: Callable | None = None, on_event: Callable[[BatchEvent], None] | None = None,
+              executor: str = "local", address: str | None = None, threads: int | None = None) -> BatchResult:
+    """Run every job not yet verified done; returns each job's state (see BatchResult).
+
+    ``threads``: torch CPU threads per worker (None: torch's default in one process, the CPU
+    cores shared out among worker processes, this process's count on Ray). Images are
+    byte-identical across executors when the thread count is the same.
+    ``executor="ray"`` runs the jobs on the Ray cluster at ``address`` (None: a running one, or a
+    local instance), one worker per GPU or per ``threads`` CPUs; ``on_step`` is not called there.
+    """
+    check_run_options(executor, workers, devices, threads)
     root = Path(output_dir)
     if root.exists() and not root.is_dir():
         raise OutputError(f"output {root} exists and is not a folder")
@@ -169,17 +205,46 @@ def run_batch(jobs: list[Job], output_dir: Path, *, workers: int = 1, devices: l
         batch.refresh()
         batch.emit("begin", None)
         todo = batch.todo()
-        if workers <= 1 and not devices:
-            _run_local(batch, todo, on_step)
+        if executor == "ray":
+            if todo:
+                from pixgen.batch_ray import run_on_ray
+
+                run_on_ray(batch, todo, address=address, threads=threads)
+        elif workers <= 1 and not devices:
+            _run_local(batch, todo, on_step, threads)
         elif todo:
-            _run_pool(batch, todo, worker_devices(workers, devices))
+            _run_pool(batch, todo, worker_devices(workers, devices), threads)
     except KeyboardInterrupt:  # between jobs (hashing, the gallery): every finished job is already logged
         batch.result.interrupted = True
     batch.refresh()
     return batch.result
 
 
-def _run_local(batch: Batch, todo: list[Job], on_step: Callable | None) -> None:
+def check_run_options(executor: str, workers: int, devices: list[str] | None, threads: int | None) -> None:
+    """Refuse settings that do not fit together, in one line."""
+    if executor not in EXECUTORS:
+        raise ConfigError(f"unknown executor {executor!r}; expected one of {', '.join(EXECUTORS)}")
+    if executor == "ray" and (workers > 1 or devices):
+        raise ConfigError("--jobs and --devices are for --executor local; on Ray each worker gets one GPU, "
+                          "or --threads CPUs")
+    if threads is not None and threads < 1:
+        raise ConfigError(f"invalid value {threads} for --threads: expected 1 or more")
+
+
+def job_error(batch: Batch, job: Job, err: PixgenError) -> bool:
+    """Log a job's error; True when the batch must stop (every later job would fail the same way)."""
+    if isinstance(err, ConfigError):
+        raise err
+    batch.failed(job, " ".join(str(err).split()))
+    return isinstance(err, FATAL)
+
+
+def _run_local(batch: Batch, todo: list[Job], on_step: Callable | None, threads: int | None) -> None:
+    with using_threads(threads):
+        _run_jobs(batch, todo, on_step)
+
+
+def _run_jobs(batch: Batch, todo: list[Job], on_step: Callable | None) -> None:
     for job in todo:
         start = time.perf_counter()
         try:
@@ -189,10 +254,7 @@ def _run_local(batch: Batch, todo: list[Job], on_step: Callable | None) -> None:
             batch.result.interrupted = True
             return
         except PixgenError as err:
-            if isinstance(err, ConfigError):
-                raise
-            batch.failed(job, " ".join(str(err).split()))
-            if isinstance(err, FATAL):  # every later job would fail the same way
+            if job_error(batch, job, err):
                 return
             continue
         batch.finished(job, result, time.perf_counter() - start)
@@ -238,59 +300,95 @@ def parse_devices(text: str) -> list[str]:
     return names
 
 
-def _run_pool(batch: Batch, todo: list[Job], devices: list[str | None]) -> None:
+def _run_pool(batch: Batch, todo: list[Job], devices: list[str | None], threads: int | None) -> None:
     if len(devices) > 1 and len(set(devices)) == 1:
         shared = devices[0] or "the jobs' device"
         batch.result.notes.append(f"note: {len(devices)} worker processes shared one device ({shared}); there, one "
                                   "process (the default) is usually as fast, with less memory")
     context = multiprocessing.get_context("spawn")
-    tasks, results, stop = context.Queue(), context.Queue(), context.Event()
+    pool = _Pool(context, context.Queue(), context.Queue(), context.Event())
     for index, job in enumerate(todo):
-        tasks.put((index, job))
+        pool.tasks.put((index, job))
     cpu_workers = sum(1 for d in devices if d in (None, "cpu"))
-    threads = max(1, (os.cpu_count() or 1) // max(1, cpu_workers))
-    procs = [context.Process(target=_worker, args=(number, device, threads, tasks, results, stop), daemon=True)
-             for number, device in enumerate(devices)]
-    for proc in procs:
-        proc.start()
-    started: dict[int, float] = {}
+    pool.threads = threads or max(1, (os.cpu_count() or 1) // max(1, cpu_workers))
+    for device in devices:
+        pool.start(device)
     try:
-        _collect(batch, todo, procs, results, started)
+        _collect(batch, todo, pool)
     except KeyboardInterrupt:
-        stop.set()
+        pool.stop.set()
         batch.result.interrupted = True
-        _collect(batch, todo, procs, results, started)
+        _collect(batch, todo, pool)
     finally:
-        for proc in procs:
+        for proc in pool.procs:
             proc.join(timeout=30)
             if proc.is_alive():
                 proc.terminate()
 
 
-def _collect(batch: Batch, todo: list[Job], procs: list, results, started: dict[int, float]) -> None:
-    """Log the workers' news until they have all exited; a job whose worker died counts as failed."""
+@dataclass
+class _Pool:
+    """Worker processes, their devices, and the queues between them and the parent."""
+
+    context: Any
+    tasks: Any  # (index, job) still to run
+    results: Any  # (kind, index, payload, worker number) from the workers
+    stop: Any  # set: workers stop at their next step
+    threads: int = 1
+    procs: list = field(default_factory=list)
+    devices: list = field(default_factory=list)
+    started: dict[int, float] = field(default_factory=dict)  # job index -> when it started
+    deaths: dict[int, int] = field(default_factory=dict)  # job index -> workers that died running it
+
+    def start(self, device: str | None) -> None:
+        """Start one more worker process on ``device``."""
+        proc = self.context.Process(target=_worker, daemon=True, args=(
+            len(self.procs), device, self.threads, self.tasks, self.results, self.stop))
+        self.procs.append(proc)
+        self.devices.append(device)
+        proc.start()
+
+
+def _collect(batch: Batch, todo: list[Job], pool: _Pool) -> None:
+    """Log the workers' news until they have all exited.
+
+    A job whose worker died goes back on the queue for a new worker on the same device (up to
+    RETRIES times; then, or once stopping, it counts as failed).
+    """
     running: dict[int, int] = {}  # worker number -> index of the job it runs
     while True:
         try:
-            kind, index, payload, worker = results.get(timeout=0.2)
+            kind, index, payload, worker = pool.results.get(timeout=0.2)
         except queue.Empty:
-            for number, proc in enumerate(procs):
+            for number, proc in enumerate(list(pool.procs)):
                 if not proc.is_alive() and number in running:
-                    batch.failed(todo[running.pop(number)], f"its worker process died (exit code {proc.exitcode}); "
-                                 "run the batch again to continue it")
-            if not any(proc.is_alive() for proc in procs):
+                    _worker_died(batch, todo, pool, running.pop(number), number)
+            if not any(proc.is_alive() for proc in pool.procs):
                 return
             continue
         job = todo[index]
         if kind == "start":
-            started[index], running[worker] = time.perf_counter(), index
+            pool.started[index], running[worker] = time.perf_counter(), index
             batch.started(job, payload)
             continue
         running.pop(worker, None)
         if kind == "result":
-            batch.finished(job, payload, time.perf_counter() - started.get(index, time.perf_counter()))
+            batch.finished(job, payload, time.perf_counter() - pool.started.get(index, time.perf_counter()))
         elif kind == "failed":
             batch.failed(job, payload)
+
+
+def _worker_died(batch: Batch, todo: list[Job], pool: _Pool, index: int, number: int) -> None:
+    job, code = todo[index], pool.procs[number].exitcode
+    pool.deaths[index] = pool.deaths.get(index, 0) + 1
+    error = f"its worker process died (exit code {code})"
+    if pool.stop.is_set() or pool.deaths[index] > RETRIES:
+        times = f" {pool.deaths[index]} times" if pool.deaths[index] > 1 else ""
+        batch.failed(job, f"{error}{times}; run the batch again to continue it")
+        return
+    batch.retried(job, f"{error}; running it again")
+    pool.tasks.put((index, job))
+    pool.start(pool.devices[number])
 
 
 def _worker(number: int, device: str | None, threads: int, tasks, results, stop) -> None:

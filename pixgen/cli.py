@@ -486,11 +486,13 @@ class BatchProgress(AnimationProgress):
 @click.option("--jobs", "workers", type=click.IntRange(min=1), default=1, help="Worker processes [1].")
 @click.option("--devices", help="One worker per device: cuda:0,cuda:1, cpu,cpu or all.")
 @click.option("--executor", type=click.Choice(["local", "ray"]), default="local", help="Where jobs run [local].")
-@click.option("--address", help="Ray cluster address, with --executor ray.")
+@click.option("--address", help="Ray cluster address (host:6379), with --executor ray [a running one, else local].")
+@click.option("--threads", type=click.IntRange(min=1), help="CPU threads per worker; the same number gives the "
+              "same images on every executor [torch's default; shared out among --jobs].")
 @click.option("--dry-run", is_flag=True, help="Print the expanded jobs and their folders, run nothing.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 @reports_errors
-def batch(manifest, output, workers, devices, executor, address, dry_run, quiet) -> None:
+def batch(manifest, output, workers, devices, executor, address, threads, dry_run, quiet) -> None:
     """Render every job of MANIFEST (YAML: defaults, jobs, matrix); a re-run continues where it stopped.
 
     Example: pixgen batch shapes.yaml -o outputs/shapes
@@ -507,11 +509,13 @@ def batch(manifest, output, workers, devices, executor, address, dry_run, quiet)
     progress = BatchProgress(not quiet)
     try:
         result = run_batch(jobs, output, workers=workers, devices=device_list, on_step=progress.step,
-                           on_event=progress.event)
+                           on_event=progress.event, executor=executor, address=address, threads=threads)
     finally:
         progress.close()
-    again = " ".join(["pixgen batch", str(manifest), "-o", str(output)] + (["--jobs", str(workers)] if workers > 1
-                     else []) + (["--devices", devices] if devices else []))
+    options = {"--jobs": workers if workers > 1 else None, "--devices": devices,
+               "--executor": executor if executor != "local" else None, "--address": address, "--threads": threads}
+    again = " ".join(["pixgen batch", str(manifest), "-o", str(output)] +
+                     [f"{flag} {value}" for flag, value in options.items() if value is not None])
     click.echo("\n".join(summary(result, output, again)), err=result.interrupted)
     if result.interrupted:
         sys.exit(130)

@@ -309,12 +309,6 @@ def test_two_worker_processes_share_out_the_jobs(tmp_path, tiny_preset):
     assert "3 of 3 jobs done (3 already done before)" in invoke("batch", manifest, "-o", out, "-q").output
 
 
-def test_ray_executor_says_what_to_install(tmp_path, manifest):
-    result = CliRunner().invoke(cli, ["batch", str(manifest), "-o", str(tmp_path / "o"), "--executor", "ray"])
-    assert result.exit_code == 1
-    assert result.output.strip() == "Error: the ray executor needs: pip install 'pixgen[ray]'"
-
-
 def test_log_skips_a_torn_last_line_and_appends_on_a_fresh_line(tmp_path):
     from pixgen.batch_log import BatchLog
 
