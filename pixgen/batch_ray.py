@@ -191,7 +191,7 @@ def _connect(ray, address: str | None) -> bool:
     if ray.is_initialized():
         return False
     try:
-        ray.init(address=address, logging_level=logging.WARNING)
+        ray.init(address=address, logging_level=logging.ERROR)  # no notes about Ray itself in our output
     except (ConnectionError, RuntimeError, ValueError) as err:
         where = f"at {address}" if address else "(none running; starting a local one failed)"
         raise PixgenError(f"cannot connect to the Ray cluster {where}: {' '.join(str(err).split())}") from None
