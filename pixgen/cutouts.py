@@ -89,12 +89,19 @@ def make_cutouts(image: torch.Tensor, spec: CutoutSpec,
     _, channels, height, width = image.shape
     theta = cutout_thetas(height, width, spec, generator)
     levels = mip_levels(theta, height, width, spec.cut_size)
-    theta = theta.to(image)
+    theta = to_like(theta, image)
     grid = F.affine_grid(theta, [spec.cut_count, channels, spec.cut_size, spec.cut_size],
                          align_corners=False)
     cuts = sample_cuts(image, grid, levels)
     if spec.noise > 0:
         scale = torch.rand(spec.cut_count, 1, 1, 1, generator=generator) * spec.noise
         noise = torch.randn(cuts.shape, generator=generator) * scale
-        cuts = cuts + noise.to(cuts)
+        cuts = cuts + to_like(noise, cuts)
     return cuts
+
+
+def to_like(tensor: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``tensor.to(like)``; to CUDA through pinned memory without blocking (no host sync per step)."""
+    if like.is_cuda:
+        return tensor.pin_memory().to(like.device, like.dtype, non_blocking=True)
+    return tensor.to(like)
