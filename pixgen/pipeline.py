@@ -259,8 +259,9 @@ def run(config: RunConfig, output_dir: Path | None = None, *, overwrite: bool = 
                 on_step(last)
             if _is_save_point(config, last):
                 if config.save_every and last.step % config.save_every == 0:
-                    frames.append(output_dir / FRAMES_DIR / f"step-{last.step:05d}.png")
-                    save_png(frames[-1], to_pixels(last.image()))
+                    frame = output_dir / FRAMES_DIR / f"step-{last.step:05d}.png"
+                    save_png(frame, to_pixels(last.image()))
+                    frames.append(frame)  # only once written: a Ctrl-C inside save_png leaves no file
                 # the config first: a kill between the two leaves an older state beside it, still resumable
                 atomic_write_text(output_dir / CONFIG_NAME, config_to_yaml(config))
                 save_state(output_dir / STATE_NAME, last)
