@@ -220,7 +220,7 @@ def test_a_local_worker_process_killed_mid_job_is_replaced_and_the_batch_complet
 
 
 @pytest.mark.skip(reason="known bug, issue 9: after Ctrl-C on Ray the re-run's progress.gif can differ from an "
-                         "uninterrupted run (seen once in fresh CI); image.png and frames are not affected")
+                         "uninterrupted run (seen once in fresh CI); the cause is not yet found")
 def test_ctrl_c_on_ray_saves_running_jobs_and_a_rerun_completes_exactly(tmp_path, tiny_preset, ray_cluster):
     manifest = write_manifest(tmp_path / "m.yaml", {
         "defaults": {"preset": str(tiny_preset), "steps": 40, "save_every": 4},
