@@ -59,15 +59,20 @@ def _cache_key(path: Path) -> str:
     return inside_cache(path).relative_to(cache_dir().resolve()).as_posix()
 
 
-def known_hashes() -> dict[str, str]:
-    """Hashes recorded on first use, keyed by path relative to the cache dir."""
-    path = _hash_record_path()
+def _read_cache_yaml(path: Path) -> object:
+    """A YAML file pixgen keeps in its cache: {} when absent, None when unreadable or not YAML."""
     if not path.is_file():
         return {}
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except (OSError, ValueError, yaml.YAMLError):
-        data = None
+        return None
+
+
+def known_hashes() -> dict[str, str]:
+    """Hashes recorded on first use, keyed by path relative to the cache dir."""
+    path = _hash_record_path()
+    data = _read_cache_yaml(path)
     if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
         raise ConfigError(f"the hash record {path} is corrupt; delete it and run pixgen models verify "
                           "(files then show as unverified until downloaded again)")
@@ -385,12 +390,7 @@ def remove_model(entry: ModelEntry) -> Path:
 def _read_user_registry() -> dict:
     """The cache's registry of imported models as plain data ({} when there is none)."""
     path = cache_dir() / USER_REGISTRY
-    if not path.is_file():
-        return {}
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (OSError, ValueError, yaml.YAMLError):
-        data = None
+    data = _read_cache_yaml(path)
     if not isinstance(data, dict):
         raise ConfigError(f"model registry {path} is corrupt; fix or delete it")
     return data
