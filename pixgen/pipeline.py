@@ -258,10 +258,7 @@ def run(config: RunConfig, output_dir: Path | None = None, *, overwrite: bool = 
             if on_step is not None:
                 on_step(last)
             if _is_save_point(config, last):
-                if config.save_every and last.step % config.save_every == 0:
-                    frame = output_dir / FRAMES_DIR / f"step-{last.step:05d}.png"
-                    save_png(frame, to_pixels(last.image()))
-                    frames.append(frame)  # only once written: a Ctrl-C inside save_png leaves no file
+                _save_frame(config, output_dir, last, frames)
                 # the config first: a kill between the two leaves an older state beside it, still resumable
                 atomic_write_text(output_dir / CONFIG_NAME, config_to_yaml(config))
                 save_state(output_dir / STATE_NAME, last)
@@ -270,6 +267,8 @@ def run(config: RunConfig, output_dir: Path | None = None, *, overwrite: bool = 
         if last is None:
             _forget_unstarted(output_dir, created)
             raise
+        # stopped between the step and its frame: the resumed run starts after it, so write it now
+        _save_frame(config, output_dir, last, frames)
     except Exception as err:
         if not is_out_of_memory(err):
             raise
@@ -284,6 +283,16 @@ def run(config: RunConfig, output_dir: Path | None = None, *, overwrite: bool = 
 def _is_save_point(config: RunConfig, step: Step) -> bool:
     """Steps after which a resume checkpoint is written: the first, then every save_every (or 10) steps."""
     return step.step < config.steps and (step.step == 1 or step.step % (config.save_every or STATE_EVERY) == 0)
+
+
+def _save_frame(config: RunConfig, output_dir: Path, step: Step, frames: list[Path]) -> None:
+    """Write ``step``'s progress frame if it is one and not yet written."""
+    if not (_is_save_point(config, step) and config.save_every and step.step % config.save_every == 0):
+        return
+    frame = output_dir / FRAMES_DIR / f"step-{step.step:05d}.png"
+    if frame not in frames:
+        save_png(frame, to_pixels(step.image()))
+        frames.append(frame)  # only once written: a Ctrl-C inside save_png leaves no file
 
 
 def _forget_unstarted(output_dir: Path, created: bool) -> None:

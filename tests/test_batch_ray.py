@@ -219,18 +219,19 @@ def test_a_local_worker_process_killed_mid_job_is_replaced_and_the_batch_complet
     same_outputs(jobs, local, out, ("image.png", "run.yaml", "progress.gif", "frames/step-00012.png"))
 
 
-@pytest.mark.skip(reason="known bug, issue 9: after Ctrl-C on Ray the re-run's progress.gif can differ from an "
-                         "uninterrupted run (seen once in fresh CI); the cause is not yet found")
 def test_ctrl_c_on_ray_saves_running_jobs_and_a_rerun_completes_exactly(tmp_path, tiny_preset, ray_cluster):
     manifest = write_manifest(tmp_path / "m.yaml", {
-        "defaults": {"preset": str(tiny_preset), "steps": 40, "save_every": 4},
+        "defaults": {"preset": str(tiny_preset), "steps": 240, "save_every": 24},  # outlasts the stop
         "matrix": {"prompt": ["a red circle", "a blue square", "a green triangle"], "seed": [0]}})
     out, local = tmp_path / "out", tmp_path / "local"
     jobs = plan_batch(manifest, out)
 
+    scratch = Path(tempfile.gettempdir())
+    stale = set(scratch.glob("pixgen-ray-*"))  # left by actors killed earlier: not this batch's
+
     def ctrl_c_at_a_checkpoint():  # once a job has one in its actor's scratch folder (on this machine)
-        scratch = Path(tempfile.gettempdir())
-        wait_for(lambda: any(list(scratch.glob(f"pixgen-ray-*/{job.folder.name}/state.pt")) for job in jobs))
+        wait_for(lambda: any(path.parents[1] not in stale for job in jobs
+                             for path in scratch.glob(f"pixgen-ray-*/{job.folder.name}/state.pt")))
         _thread.interrupt_main()
 
     def ctrl_c_soon(news):
@@ -253,7 +254,7 @@ def test_ctrl_c_on_ray_saves_running_jobs_and_a_rerun_completes_exactly(tmp_path
     with using_threads(1):
         for job in saved:  # the interrupted jobs, run whole
             run(job.config, local / job.folder.name)
-    same_outputs(saved, local, out, ("image.png", "run.yaml", "progress.gif", "frames/step-00036.png"))
+    same_outputs(saved, local, out, ("image.png", "run.yaml", "progress.gif", "frames/step-00216.png"))
 
 
 def test_ray_refuses_local_only_options(tmp_path, three_jobs):

@@ -88,6 +88,25 @@ def test_ctrl_c_in_the_progress_callback_resumes_exactly(tiny_preset, tmp_path, 
     assert (tmp_path / "cb" / "image.png").read_bytes() == uninterrupted
 
 
+@pytest.mark.parametrize("stop_at", [10, 11])  # a frame step (save_every 2) and a step between frames
+def test_ctrl_c_in_the_callback_keeps_every_frame_and_the_gif_exact(stop_at, tiny_preset, tmp_path, uninterrupted):
+    from pixgen.config import resolve_config
+    from pixgen.pipeline import resume_run, run
+
+    def stop(step):
+        if step.step == stop_at:
+            raise KeyboardInterrupt
+
+    config = resolve_config(str(tiny_preset), flags={"prompt": "a red circle", "seed": 5, "steps": int(STEPS)})
+    assert not run(config, tmp_path / "cb", on_step=stop).completed
+    assert resume_run(tmp_path / "cb").completed
+    whole = tiny_preset.parent / f"whole-{STEPS}"
+    frames = sorted(p.name for p in (whole / "frames").iterdir())
+    assert sorted(p.name for p in (tmp_path / "cb" / "frames").iterdir()) == frames
+    for name in [*(f"frames/{f}" for f in frames), "progress.gif", "image.png"]:
+        assert (tmp_path / "cb" / name).read_bytes() == (whole / name).read_bytes(), name
+
+
 def _subprocess_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
