@@ -5,6 +5,7 @@ Heavy modules (torch, the models) are imported inside commands so ``pixgen --hel
 
 from __future__ import annotations
 
+import atexit
 import functools
 import math
 import os
@@ -731,5 +732,25 @@ def models_import(name, config_path, checkpoint) -> None:
 
 
 def main() -> None:
-    """Console entry point."""
-    cli(prog_name="pixgen")
+    """Console entry point: run the command, then leave without tearing down torch's modules.
+
+    Once torch and open_clip are imported, the interpreter's normal shutdown spends about a second
+    freeing modules. Every output is already written atomically and closed by then, so exit hooks
+    run and the streams are flushed, then the process ends at once.
+    """
+    try:
+        cli(prog_name="pixgen")
+        code = 0
+    except SystemExit as stop:
+        code = stop.code
+    if not isinstance(code, int):  # None is success; a message is printed, as Python would
+        if code is not None:
+            print(code, file=sys.stderr)
+        code = 0 if code is None else 1
+    atexit._run_exitfuncs()  # exit hooks as Python would run them (Ray's disconnect, tempfile finalizers)
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except BrokenPipeError:  # the reader went away: nothing left to tell it
+        code = code or 141
+    os._exit(code)

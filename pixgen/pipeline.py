@@ -252,6 +252,7 @@ def run(config: RunConfig, output_dir: Path | None = None, *, overwrite: bool = 
               if resume and int(f.stem.removeprefix("step-")) <= resume["step"]]
     last: Step | None = None
     completed = False
+    config_text, config_written = config_to_yaml(config), False
     try:
         for last in generate(config, job.models, init_image=job.init_image, prompt_images=job.prompt_images,
                              resume=resume):
@@ -260,7 +261,9 @@ def run(config: RunConfig, output_dir: Path | None = None, *, overwrite: bool = 
             if _is_save_point(config, last):
                 _save_frame(config, output_dir, last, frames)
                 # the config first: a kill between the two leaves an older state beside it, still resumable
-                atomic_write_text(output_dir / CONFIG_NAME, config_to_yaml(config))
+                if not config_written:  # the same text all run long: once is enough
+                    atomic_write_text(output_dir / CONFIG_NAME, config_text)
+                    config_written = True
                 save_state(output_dir / STATE_NAME, last)
         completed = True
     except KeyboardInterrupt:
@@ -277,7 +280,7 @@ def run(config: RunConfig, output_dir: Path | None = None, *, overwrite: bool = 
         else:
             _forget_unstarted(output_dir, created)
         raise OutOfMemory(out_of_memory_message(config, job.models.device)) from None
-    return _finish(job, output_dir, image_path, last, frames, completed)
+    return _finish(job, output_dir, image_path, last, frames, completed, config_text)
 
 
 def _is_save_point(config: RunConfig, step: Step) -> bool:
@@ -302,13 +305,13 @@ def _forget_unstarted(output_dir: Path, created: bool) -> None:
 
 
 def _finish(job: Prepared, output_dir: Path, image_path: Path, last: Step, frames: list[Path],
-            completed: bool) -> RunResult:
+            completed: bool, config_text: str) -> RunResult:
     config = job.config
     pixels = to_pixels(last.image())
     text = png_text(config, job.loaded, last.step, str(job.models.device), job.inputs)
     save_image(image_path, pixels, text)
     save_state(output_dir / STATE_NAME, last)
-    atomic_write_text(output_dir / CONFIG_NAME, config_to_yaml(config))
+    atomic_write_text(output_dir / CONFIG_NAME, config_text)
     gif_path = None
     if config.gif:
         gif_path = output_dir / GIF_NAME
