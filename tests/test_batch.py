@@ -309,6 +309,16 @@ def test_two_worker_processes_share_out_the_jobs(tmp_path, tiny_preset):
     assert "3 of 3 jobs done (3 already done before)" in invoke("batch", manifest, "-o", out, "-q").output
 
 
+def test_more_cpu_workers_than_cores_are_told_to_use_fewer():
+    from pixgen.batch_run import pool_note
+
+    assert pool_note([None, None], cores=2) is None  # one worker per core: faster than one process
+    assert pool_note(["cpu"] * 3, cores=2) == ("note: 3 worker processes took turns on 2 CPU cores; --jobs 2 is as "
+                                               "fast or faster, with less memory")
+    assert "shared one device (cuda:0)" in pool_note(["cuda:0", "cuda:0"], cores=2)
+    assert pool_note(["cuda:0", "cuda:1"], cores=2) is None
+
+
 def test_log_skips_a_torn_last_line_and_appends_on_a_fresh_line(tmp_path):
     from pixgen.batch_log import BatchLog
 
