@@ -10,6 +10,7 @@ import functools
 import math
 import os
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -186,6 +187,9 @@ def build_config(prompt: str | None, preset: str, config_file: Path | None, over
     return config
 
 
+LOSS_EVERY_S = 0.5  # seconds between loss readings on the progress bar
+
+
 class ProgressBar:
     """A tqdm bar showing step and loss on stderr, opened at the first step (after model loading)."""
 
@@ -193,6 +197,7 @@ class ProgressBar:
         self.enabled = enabled
         self.bar = None
         self.loading_line_open = False
+        self.loss_shown = -math.inf
 
     def __call__(self, step) -> None:
         if self.bar is None:
@@ -201,7 +206,11 @@ class ProgressBar:
             self.bar = tqdm(total=step.total, initial=step.step - 1, unit="step", disable=not self.enabled,
                             file=sys.stderr, dynamic_ncols=True)
         self.bar.update(step.step - self.bar.n)
-        self.bar.set_postfix(loss=f"{step.loss:.4f}")
+        # reading the loss waits for the GPU: twice a second is enough for a person, never when quiet
+        now = time.monotonic()
+        if self.enabled and (now - self.loss_shown >= LOSS_EVERY_S or step.step == step.total):
+            self.bar.set_postfix(loss=f"{step.loss:.4f}")
+            self.loss_shown = now
 
     def loading(self, name: str, seconds: float | None) -> None:
         """Model loading on stderr: on a terminal "loading NAME…" then its time; in logs one line when done."""

@@ -203,3 +203,26 @@ def test_from_png_reruns_its_recipe_byte_for_byte(tmp_path, tiny_preset):
     assert environment["device"] == "cpu" and environment["threads"] >= 1 and environment["torch"]
     inputs = yaml.safe_load(read_png_text(tmp_path / "a" / "image.png")["inputs"])
     assert list(inputs) == [str(tmp_path / "init.png")] and len(inputs[str(tmp_path / "init.png")]) == 64
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_progress_bar_reads_the_loss_rarely_and_never_when_quiet(tmp_path, tiny_preset, monkeypatch, quiet):
+    import pixgen.engine as engine
+
+    reads = {"n": 0}
+    real = engine.Step.loss
+
+    def counted(step):
+        reads["n"] += 1
+        return real.fget(step)
+
+    monkeypatch.setattr(engine.Step, "loss", property(counted))
+    args = ["run", "a red circle", "--preset", str(tiny_preset), "--steps", "12", "--seed", "1",
+            "-o", str(tmp_path / "out")]
+    result = CliRunner().invoke(cli, args + (["-q"] if quiet else []))
+    assert result.exit_code == 0, result.output
+    if quiet:
+        assert reads["n"] == 1  # the result's final loss only
+    else:
+        assert "loss=" in result.output  # the last step always shows it
+        assert 2 <= reads["n"] < 12  # the first and last steps, not every one (12 tiny steps take < 0.5 s)
