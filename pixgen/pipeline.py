@@ -310,8 +310,8 @@ def _finish(job: Prepared, output_dir: Path, image_path: Path, last: Step, frame
     pixels = to_pixels(last.image())
     text = png_text(config, job.loaded, last.step, str(job.models.device), job.inputs)
     save_image(image_path, pixels, text)
+    atomic_write_text(output_dir / CONFIG_NAME, config_text)  # before the state, as at every checkpoint
     save_state(output_dir / STATE_NAME, last)
-    atomic_write_text(output_dir / CONFIG_NAME, config_text)
     gif_path = None
     if config.gif:
         gif_path = output_dir / GIF_NAME
