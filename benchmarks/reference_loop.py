@@ -5,7 +5,8 @@ A faithful re-statement, in torch only, of the loop most VQGAN+CLIP users run (n
 model objects pixgen uses but with the CLIP left stock (open_clip as loaded, no rewrites):
 
 - 32 views of the *whole* image, each ``(adaptive_avg_pool + adaptive_max_pool) / 2`` to 224;
-- kornia-style augmentations on the batch, each with p = 0.7 per view: affine (+-15 deg rotation,
+- kornia-style augmentations on the batch (``pixgen.augment``, where pixgen's own ``augment_*``
+  settings come from), each with p = 0.7 per view: affine (+-15 deg rotation,
   10 % translation, +-5 deg shear, zero padding), perspective (distortion 0.7), colour jitter
   (saturation 0.1, hue 0.1), random erasing (10-40 % of the area, aspect 0.3-3.3, the same box
   for the whole batch); then Gaussian noise with a per-view std drawn from U(0, 0.1);
@@ -18,91 +19,21 @@ Everything runs in fp32, as that loop does on a CPU.
 from __future__ import annotations
 
 import copy
-import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pixgen.augment import colour_jitter, erase_mask, random_affine, random_perspective
 from pixgen.ops import clamp_with_grad, spherical_distance, vector_quantize
 
 P = 0.7  # probability of each augmentation per view (kornia's p in generate.py)
 
 
-def _apply(mask: torch.Tensor, new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
-    return torch.where(mask.view(-1, 1, 1, 1), new, old)
-
-
-def random_affine(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """kornia RandomAffine(degrees=15, translate=0.1, shear=5, padding_mode='zeros'), bilinear."""
-    n = x.shape[0]
-    r = torch.rand(n, 5, generator=gen)
-    angle = (r[:, 0] * 2 - 1) * math.radians(15)
-    tx, ty = (r[:, 1] * 2 - 1) * 0.1 * 2, (r[:, 2] * 2 - 1) * 0.1 * 2  # normalised coords span 2
-    sx, sy = (r[:, 3] * 2 - 1) * math.radians(5), (r[:, 4] * 2 - 1) * math.radians(5)
-    cos, sin = angle.cos(), angle.sin()
-    rot = torch.stack([torch.stack([cos, -sin], -1), torch.stack([sin, cos], -1)], -2)
-    shear = torch.stack([torch.stack([torch.ones(n), sx.tan()], -1), torch.stack([sy.tan(), torch.ones(n)], -1)], -2)
-    theta = torch.cat([rot @ shear, torch.stack([tx, ty], -1).unsqueeze(-1)], -1).to(x)
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-
-
-def random_perspective(x: torch.Tensor, gen: torch.Generator, distortion: float = 0.7) -> torch.Tensor:
-    """kornia RandomPerspective(distortion_scale): each corner moves inward by up to distortion/2."""
-    n, _, h, w = x.shape
-    corners = torch.tensor([[-1.0, -1.0], [1.0, -1.0], [1.0, 1.0], [-1.0, 1.0]])
-    inward = -corners.sign()
-    moved = corners + inward * torch.rand(n, 4, 2, generator=gen) * distortion  # half-span 1 -> distortion/2 of side
-    # Homography mapping output corners (the full square) to the moved corners: solve the 8x8 DLT system.
-    src, dst = corners.expand(n, 4, 2), moved
-    rows = []
-    for i in range(4):
-        x0, y0 = src[:, i, 0], src[:, i, 1]
-        u, v = dst[:, i, 0], dst[:, i, 1]
-        one, zero = torch.ones(n), torch.zeros(n)
-        rows.append(torch.stack([x0, y0, one, zero, zero, zero, -u * x0, -u * y0], -1))
-        rows.append(torch.stack([zero, zero, zero, x0, y0, one, -v * x0, -v * y0], -1))
-    a = torch.stack(rows, 1)
-    b = dst.reshape(n, 8)
-    hom = torch.cat([torch.linalg.solve(a, b), torch.ones(n, 1)], -1).view(n, 3, 3).to(x)
-    ys = torch.linspace(-1 + 1 / h, 1 - 1 / h, h, device=x.device)
-    xs = torch.linspace(-1 + 1 / w, 1 - 1 / w, w, device=x.device)
-    yy, xx = torch.meshgrid(ys, xs, indexing="ij")
-    points = torch.stack([xx, yy, torch.ones_like(xx)], -1).view(1, -1, 3)
-    mapped = points @ hom.transpose(1, 2)
-    grid = (mapped[..., :2] / mapped[..., 2:]).view(n, h, w, 2)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-
-
-def colour_jitter(x: torch.Tensor, gen: torch.Generator, saturation: float = 0.1, hue: float = 0.1) -> torch.Tensor:
-    """kornia ColorJitter(saturation=0.1, hue=0.1): blend with grey, then rotate hue (in YIQ)."""
-    n = x.shape[0]
-    r = torch.rand(n, 2, generator=gen).to(x)
-    sat = (1 + (r[:, 0] * 2 - 1) * saturation).view(n, 1, 1, 1)
-    grey = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
-    x = (grey + sat * (x - grey)).clamp(0, 1)
-    angle = (r[:, 1] * 2 - 1) * hue * 2 * math.pi
-    to_yiq = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]]).to(x)
-    cos, sin = angle.cos(), angle.sin()
-    one, zero = torch.ones_like(cos), torch.zeros_like(cos)
-    rot = torch.stack([torch.stack([one, zero, zero], -1), torch.stack([zero, cos, -sin], -1),
-                       torch.stack([zero, sin, cos], -1)], -2)
-    matrix = torch.linalg.inv(to_yiq) @ rot @ to_yiq  # (n, 3, 3)
-    return torch.einsum("nij,njhw->nihw", matrix, x).clamp(0, 1)
-
-
 def random_erasing(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """kornia RandomErasing((.1, .4), (.3, 1/.3), same_on_batch=True): one box set to 0."""
+    """kornia RandomErasing((.1, .4), (.3, 1/.3), same_on_batch=True): one box set to 0 on every view."""
     _, _, h, w = x.shape
-    r = torch.rand(4, generator=gen)
-    area = (0.1 + r[0] * 0.3) * h * w
-    ratio = math.exp(math.log(0.3) + float(r[1]) * (math.log(1 / 0.3) - math.log(0.3)))
-    eh, ew = min(h, round(math.sqrt(area * ratio))), min(w, round(math.sqrt(area / ratio)))
-    top, left = int(r[2] * (h - eh + 1)), int(r[3] * (w - ew + 1))
-    mask = torch.ones(1, 1, h, w, device=x.device, dtype=x.dtype)
-    mask[..., top:top + eh, left:left + ew] = 0
-    return x * mask
+    return x * erase_mask(torch.rand(1, 4, generator=gen), h, w, x)
 
 
 class ReferenceCutouts(nn.Module):
@@ -116,9 +47,9 @@ class ReferenceCutouts(nn.Module):
         size = (self.cut_size, self.cut_size)
         pooled = (F.adaptive_avg_pool2d(image, size) + F.adaptive_max_pool2d(image, size)) / 2
         batch = torch.cat([pooled] * self.cutn)  # the loop pools the same image cutn times
-        for augment in (random_affine, random_perspective, colour_jitter):
-            apply = torch.rand(self.cutn, generator=gen) < P
-            batch = _apply(apply.to(batch.device), augment(batch, gen), batch)
+        batch = random_affine(batch, gen, p=P, degrees=15, translate=0.1, shear=5)
+        batch = random_perspective(batch, gen, p=P, distortion=0.7)
+        batch = colour_jitter(batch, gen, p=P, saturation=0.1, hue=0.1)
         if float(torch.rand(1, generator=gen)) < P:
             batch = random_erasing(batch, gen)
         facs = (torch.rand(self.cutn, 1, 1, 1, generator=gen) * self.noise).to(batch)

@@ -51,6 +51,12 @@ class RunConfig:
     augment_flip: bool = True  # random horizontal flips of cutouts
     augment_rotate: float = 0.0  # maximum cutout rotation, degrees
     augment_noise: float = 0.0  # maximum std of Gaussian noise added to cutouts
+    # The reference loop's (generate.py's kornia) augmentations, per cutout; 0 = off (not yet measured here)
+    augment_shear: float = 0.0  # maximum x and y shear, degrees (generate.py: 5)
+    augment_perspective: float = 0.0  # perspective distortion, 0-1 (generate.py: 0.7)
+    augment_jitter: float = 0.0  # saturation and hue jitter, 0-0.5 (generate.py: 0.1)
+    augment_erase: float = 0.0  # probability of zeroing a 10-40 % box of a cutout (generate.py: 0.7)
+    augment_p: float = 0.7  # per-cutout probability of each of shear, perspective and jitter
     init: str = "random"  # one of INITS
     init_image: str | None = None  # image file for init "image"
     init_weight: float = 0.0  # weight of MSE(z, z_init): keeps the image near its start
@@ -208,6 +214,9 @@ def validate(config: RunConfig) -> None:
     need(0 < config.cut_min_scale <= 1, "cut_min_scale", "must be in (0, 1]")
     need(0 <= config.augment_rotate <= 180, "augment_rotate", "must be between 0 and 180 degrees")
     need(0 <= config.augment_noise <= 10, "augment_noise", "must be between 0 and 10")
+    need(0 <= config.augment_shear <= 45, "augment_shear", "must be between 0 and 45 degrees")
+    for key, high in (("augment_perspective", 1), ("augment_jitter", 0.5), ("augment_erase", 1), ("augment_p", 1)):
+        need(0 <= getattr(config, key) <= high, key, f"must be between 0 and {high}")
     need(config.init in INITS, "init", f"must be one of {', '.join(INITS)}")
     need(config.init != "image" or bool(config.init_image), "init",
          "init 'image' needs init_image (--init-image PATH)")

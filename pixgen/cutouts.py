@@ -5,6 +5,8 @@ the image, so one ``affine_grid`` + ``grid_sample`` call produces every cut: no 
 A cut that shrinks its region by 2x or more samples a box-filtered (mipmap) level of the image
 instead, so fine detail averages out rather than aliasing into a false pattern; cuts at up to
 2x shrink (every cut of the shapes world) sample the image itself, exactly as before.
+The reference loop's augmentations (``pixgen.augment``: shear, perspective, colour jitter, erasing)
+follow on the sampled cuts when their amounts are above 0, then the noise.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from pixgen.augment import colour_jitter, random_affine, random_erasing, random_perspective, to_like
 
 
 @dataclass(frozen=True)
@@ -27,6 +31,11 @@ class CutoutSpec:
     rotate: float = 0.0  # maximum rotation in degrees, either way
     noise: float = 0.0  # maximum std of per-cut Gaussian pixel noise
     min_scale: float = 1.0  # smallest cut, as a fraction of min(image side, cut_size)
+    shear: float = 0.0  # maximum x and y shear in degrees, either way (zero padding)
+    perspective: float = 0.0  # perspective distortion: corners move inward by up to distortion/2 of the side
+    jitter: float = 0.0  # saturation and hue jitter (hue in turns), either way
+    erase: float = 0.0  # per-cut probability of zeroing a box of 10-40 % of the cut
+    p: float = 0.7  # per-cut probability of each of shear, perspective and jitter
 
 
 def cutout_thetas(height: int, width: int, spec: CutoutSpec,
@@ -92,7 +101,7 @@ def make_cutouts(image: torch.Tensor, spec: CutoutSpec,
     theta = to_like(theta, image)
     grid = F.affine_grid(theta, [spec.cut_count, channels, spec.cut_size, spec.cut_size],
                          align_corners=False)
-    cuts = sample_cuts(image, grid, levels)
+    cuts = augment_cuts(sample_cuts(image, grid, levels), spec, generator)
     if spec.noise > 0:
         scale = torch.rand(spec.cut_count, 1, 1, 1, generator=generator) * spec.noise
         noise = torch.randn(cuts.shape, generator=generator) * scale
@@ -100,8 +109,10 @@ def make_cutouts(image: torch.Tensor, spec: CutoutSpec,
     return cuts
 
 
-def to_like(tensor: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """``tensor.to(like)``; to CUDA through pinned memory without blocking (no host sync per step)."""
-    if like.is_cuda:
-        return tensor.pin_memory().to(like.device, like.dtype, non_blocking=True)
-    return tensor.to(like)
+def augment_cuts(cuts: torch.Tensor, spec: CutoutSpec,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+    """The reference loop's augmentations that ``spec`` turns on, in its order; ``cuts`` itself if none."""
+    cuts = random_affine(cuts, generator, p=spec.p, shear=spec.shear)
+    cuts = random_perspective(cuts, generator, p=spec.p, distortion=spec.perspective)
+    cuts = colour_jitter(cuts, generator, p=spec.p, saturation=spec.jitter, hue=spec.jitter)
+    return random_erasing(cuts, generator, p=spec.erase)
