@@ -31,6 +31,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from pixgen.config import (
     DEFAULT_PRESET,
     FIELD_NAMES,
@@ -48,6 +50,8 @@ SECTIONS = ("defaults", "jobs", "matrix")
 ALIASES = {"prompts": "prompt", "seeds": "seed", "presets": "preset"}
 JOB_KEYS = (*FIELD_NAMES, "preset")
 HASH_CHARS = 10
+DEFAULT_CONFIG = RunConfig()  # settings equal to these do not count in a job's identity
+_MISSING = object()
 
 
 @dataclass(frozen=True)
@@ -154,8 +158,12 @@ def resolve_job(label: str, settings: dict[str, Any]) -> tuple[str, RunConfig]:
 
 
 def config_hash(config: RunConfig, chars: int = HASH_CHARS) -> str:
-    """A short sha256 of the resolved config (the job's identity)."""
-    return hashlib.sha256(config_to_yaml(config).encode()).hexdigest()[:chars]
+    """A short sha256 of the resolved config's settings that differ from the built-in defaults (the job's
+    identity): a key set to its default, or a new setting that defaults to off, leaves it unchanged."""
+    settings = yaml.safe_load(config_to_yaml(config))
+    defaults = yaml.safe_load(config_to_yaml(DEFAULT_CONFIG))
+    changed = {key: value for key, value in settings.items() if value != defaults.get(key, _MISSING)}
+    return hashlib.sha256(yaml.safe_dump(changed, sort_keys=True).encode()).hexdigest()[:chars]
 
 
 def plan_batch(manifest_path: Path, output_dir: Path) -> list[Job]:

@@ -61,6 +61,18 @@ def test_matrix_expands_in_documented_order_with_stable_folders(tmp_path, tiny_p
     assert changed[0].folder == jobs[0].folder  # the untouched job keeps its folder
 
 
+def test_a_setting_at_its_default_leaves_folder_and_seed_alone(tmp_path, tiny_preset):
+    def plan(**settings):
+        data = {"defaults": {"preset": str(tiny_preset), **settings}, "jobs": [{"prompt": "a red circle"}]}
+        return plan_batch(write_manifest(tmp_path / "m.yaml", data), tmp_path / "out")[0]
+
+    plain = plan()
+    spelled_out = plan(augment_shear=0.0, augment_erase=0, precision="auto")  # the built-in defaults
+    assert (spelled_out.folder, spelled_out.config.seed) == (plain.folder, plain.config.seed)
+    changed = plan(augment_shear=5)
+    assert changed.folder != plain.folder and changed.config.seed != plain.config.seed
+
+
 def test_plural_keys_presets_and_derived_seeds(tmp_path, tiny_preset):
     other = tmp_path / "other.yaml"
     other.write_text(tiny_preset.read_text() + "steps: 2\n")
