@@ -59,6 +59,19 @@ class BatchResult:
         return [job.name for job in self.jobs if self.status[job.folder.name] in states]
 
 
+def records_config(job: Job) -> bool:
+    """Whether the job folder's ``run.yaml`` records this job's whole config (the device aside).
+
+    A job's folder hash leaves out settings at their built-in defaults, so a newer pixgen whose
+    default changed finds the old folder: this tells that its outputs were made otherwise.
+    """
+    try:
+        recorded = read_run_config(job.folder)
+    except PixgenError:
+        return False
+    return config_to_yaml(replace(recorded, device=job.config.device)) == config_to_yaml(job.config)
+
+
 def resume_point(job: Job) -> int | None:
     """The step of a half-done job's ``state.pt``, if it can continue exactly; else None.
 
@@ -69,10 +82,8 @@ def resume_point(job: Job) -> int | None:
     try:
         if not (folder / STATE_NAME).is_file() or folder.is_symlink():
             return None
-        if (folder / CONFIG_NAME).is_file():
-            recorded = read_run_config(folder)
-            if config_to_yaml(replace(recorded, device=job.config.device)) != config_to_yaml(job.config):
-                return None
+        if (folder / CONFIG_NAME).is_file() and not records_config(job):
+            return None
         step = read_state(folder / STATE_NAME)["step"]
     except PixgenError:
         return None
@@ -115,7 +126,7 @@ class Batch:
         self.ends = self.log.last_ends()
         for job in jobs:
             check_folder(job.folder, self.root)
-            verified = is_verified(job.folder, job.key, self.ends.get(job.folder.name))
+            verified = is_verified(job.folder, job.key, self.ends.get(job.folder.name)) and records_config(job)
             self.result.status[job.folder.name] = "done" if verified else "pending"
             self.result.skipped += verified
 

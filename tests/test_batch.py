@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,9 @@ from click.testing import CliRunner
 from PIL import Image
 
 from pixgen.batch import plan_batch
+from pixgen.batch_run import run_batch
 from pixgen.cli import cli
+from pixgen.config import RunConfig
 from pixgen.output import read_png_text
 
 
@@ -71,6 +74,26 @@ def test_a_setting_at_its_default_leaves_folder_and_seed_alone(tmp_path, tiny_pr
     assert (spelled_out.folder, spelled_out.config.seed) == (plain.folder, plain.config.seed)
     changed = plan(augment_shear=5)
     assert changed.folder != plain.folder and changed.config.seed != plain.config.seed
+
+
+def test_a_changed_built_in_default_reruns_the_job_in_its_folder(tmp_path, tiny_preset, monkeypatch):
+    import pixgen.batch as batch_module
+
+    out = tmp_path / "out"
+
+    def plan(lr: float):  # as if the built-in default lr were ``lr`` and the job relied on it
+        monkeypatch.setattr(batch_module, "DEFAULT_CONFIG", replace(RunConfig(), lr=lr))
+        data = {"defaults": {"preset": str(tiny_preset), "steps": 3, "lr": lr}, "jobs": [{"prompt": "a red circle"}]}
+        return plan_batch(write_manifest(tmp_path / "m.yaml", data), out)
+
+    first = plan(0.2)
+    assert run_batch(first, out, threads=1).names("done") == [first[0].name]
+    newer = plan(0.25)
+    assert newer[0].folder == first[0].folder  # the same identity...
+    again = run_batch(newer, out, threads=1)  # ...but its outputs were made with the old lr
+    assert again.skipped == 0 and again.names("done") == [newer[0].name]
+    assert yaml.safe_load((out / newer[0].folder.name / "run.yaml").read_text())["lr"] == 0.25
+    assert run_batch(newer, out, threads=1).skipped == 1
 
 
 def test_plural_keys_presets_and_derived_seeds(tmp_path, tiny_preset):
