@@ -157,12 +157,16 @@ def resolve_job(label: str, settings: dict[str, Any]) -> tuple[str, RunConfig]:
     return preset, config
 
 
+def _settings(config: RunConfig) -> dict[str, Any]:
+    """The config's settings as plain YAML values (what run.yaml records)."""
+    return yaml.safe_load(config_to_yaml(config))
+
+
 def config_hash(config: RunConfig, chars: int = HASH_CHARS) -> str:
     """A short sha256 of the resolved config's settings that differ from the built-in defaults (the job's
     identity): a key set to its default, or a new setting that defaults to off, leaves it unchanged."""
-    settings = yaml.safe_load(config_to_yaml(config))
-    defaults = yaml.safe_load(config_to_yaml(DEFAULT_CONFIG))
-    changed = {key: value for key, value in settings.items() if value != defaults.get(key, _MISSING)}
+    defaults = _settings(DEFAULT_CONFIG)
+    changed = {key: value for key, value in _settings(config).items() if value != defaults.get(key, _MISSING)}
     return hashlib.sha256(yaml.safe_dump(changed, sort_keys=True).encode()).hexdigest()[:chars]
 
 

@@ -311,6 +311,11 @@ def parse_devices(text: str) -> list[str]:
     return names
 
 
+def cpu_worker_count(devices: list[str | None]) -> int:
+    """How many of the workers run on the CPU (None: the job's own device, counted as the CPU)."""
+    return sum(1 for d in devices if d in (None, "cpu"))
+
+
 def pool_note(devices: list[str | None], cores: int) -> str | None:
     """What to tell about worker processes that share hardware badly, or None.
 
@@ -318,7 +323,7 @@ def pool_note(devices: list[str | None], cores: int) -> str | None:
     one process of 2 threads, ``benchmarks/batch.py``); more than that only take turns. Several
     workers on one GPU compete for it.
     """
-    cpu_workers = sum(1 for d in devices if d in (None, "cpu"))
+    cpu_workers = cpu_worker_count(devices)
     if cpu_workers > cores:
         return (f"note: {cpu_workers} worker processes took turns on {cores} CPU cores; --jobs {cores} is as fast "
                 "or faster, with less memory")
@@ -336,8 +341,7 @@ def _run_pool(batch: Batch, todo: list[Job], devices: list[str | None], threads:
     pool = _Pool(context, context.Queue(), context.Queue(), context.Event())
     for index, job in enumerate(todo):
         pool.tasks.put((index, job))
-    cpu_workers = sum(1 for d in devices if d in (None, "cpu"))
-    pool.threads = threads or max(1, (os.cpu_count() or 1) // max(1, cpu_workers))
+    pool.threads = threads or max(1, (os.cpu_count() or 1) // max(1, cpu_worker_count(devices)))
     for device in devices:
         pool.start(device)
     try:
