@@ -76,6 +76,18 @@ def test_a_setting_at_its_default_leaves_folder_and_seed_alone(tmp_path, tiny_pr
     assert changed.folder != plain.folder and changed.config.seed != plain.config.seed
 
 
+def test_a_new_setting_that_defaults_to_off_moves_no_job(tmp_path, tiny_preset, monkeypatch):
+    import pixgen.batch as batch_module
+
+    path = write_manifest(tmp_path / "m.yaml", {"defaults": {"preset": str(tiny_preset)},
+                                                "jobs": [{"prompt": "a red circle"}]})
+    before = plan_batch(path, tmp_path / "out")[0]
+    real = batch_module.config_to_yaml  # a newer pixgen: every config now also records a setting, off
+    monkeypatch.setattr(batch_module, "config_to_yaml", lambda config: real(config) + "augment_new: 0.0\n")
+    after = plan_batch(path, tmp_path / "out")[0]
+    assert (after.folder, after.config.seed) == (before.folder, before.config.seed)
+
+
 def test_a_changed_built_in_default_reruns_the_job_in_its_folder(tmp_path, tiny_preset, monkeypatch):
     import pixgen.batch as batch_module
 
