@@ -191,7 +191,7 @@ def test_a_ray_worker_killed_mid_job_is_replaced_and_the_batch_completes(tmp_pat
 
 def test_a_local_worker_process_killed_mid_job_is_replaced_and_the_batch_completes(tmp_path, tiny_preset):
     manifest = write_manifest(tmp_path / "m.yaml", {
-        "defaults": {"preset": str(tiny_preset), "steps": 16, "save_every": 4},
+        "defaults": {"preset": str(tiny_preset), "steps": 80, "save_every": 4},  # both mid-job long enough
         "matrix": {"prompt": ["a red circle", "a blue square", "a green triangle"], "seed": [0]}})
     out, local = tmp_path / "out", tmp_path / "local"
     jobs = plan_batch(manifest, out)
