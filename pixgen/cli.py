@@ -153,6 +153,9 @@ def config_options(command):
                      help="Image to match as well as or instead of text (repeatable)."),
         click.option("--noise-prompt", "noise_prompts", multiple=True, metavar="SEED[:WEIGHT]",
                      help="A seeded random embedding to pull towards (or push from, weight < 0); repeatable."),
+        click.option("--negative", "negative_prompts", multiple=True, metavar="TEXT[:WEIGHT]",
+                     help="Text to push the image away from, as hard as WEIGHT (default 1); repeatable. "
+                          "Replaces the preset's negative prompts."),
         click.option("--save-every", type=int, help="Save a progress frame every N steps (0: none)."),
         click.option("--gif/--no-gif", default=None, help="Write the progress GIF."),
         click.option("--device", type=DeviceName(), envvar="PIXGEN_DEVICE",
@@ -175,6 +178,7 @@ def build_config(prompt: str | None, preset: str, config_file: Path | None, over
     flags["clip"] = list(flags["clip"]) or None
     flags["image_prompts"] = list(flags["image_prompts"]) or None
     flags["noise_prompts"] = list(flags.get("noise_prompts") or ()) or None
+    flags["negative_prompts"] = list(flags.get("negative_prompts") or ()) or None
     flags["prompt"] = prompt
     if recipe is None:
         return resolve_config(preset, config_file, list(overrides), flags)
@@ -279,7 +283,7 @@ def run(prompt, recipe, output, overwrite, quiet, preset, config_file, overrides
     config = build_config(prompt, preset, config_file, overrides, recipe, **flags)
     from pixgen.shapes.vocabulary import offworld_notice
 
-    notice = offworld_notice(config.prompt, config.clip)
+    notice = offworld_notice(" | ".join([config.prompt, *config.negative_prompts]), config.clip)
     if notice:
         click.echo(notice, err=True)
     run_with_progress(lambda progress: run_pipeline(config, output, overwrite=overwrite, on_step=progress,

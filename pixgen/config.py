@@ -39,6 +39,7 @@ class RunConfig:
     prompt: str = ""  # text prompts "text:weight:stop", several joined with "|"
     image_prompts: list[str] = field(default_factory=list)  # image files "path[:weight[:stop]]"
     noise_prompts: list[str] = field(default_factory=list)  # seeded random embeddings "seed[:weight]"
+    negative_prompts: list[str] = field(default_factory=list)  # texts to push away from "text[:weight[:stop]]"
     size: list[int] = field(default_factory=lambda: [256, 256])  # output width, height in pixels
     steps: int = 300  # optimisation steps
     seed: int | None = None  # None draws a seed, which is then recorded with the output
@@ -231,7 +232,8 @@ def validate(config: RunConfig) -> None:
     need(0 < config.gif_fps <= 100, "gif_fps", "must be between 0 and 100")
     need(bool(config.prompt.strip()) or bool(config.image_prompts), "prompt",
          "give a text prompt or at least one image prompt")
-    all_prompts(config.prompt, config.image_prompts, config.noise_prompts)  # a ConfigError names a bad one
+    # a ConfigError names a bad one
+    all_prompts(config.prompt, config.image_prompts, config.noise_prompts, config.negative_prompts)
 
 
 def _is_device_name(name: str) -> bool:

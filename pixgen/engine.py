@@ -236,7 +236,7 @@ def generate(config: RunConfig, models: Models, *, init_image: torch.Tensor | No
     precision = run_precision(config.precision, device, vqgan)
     cast = autocast_factory(device, precision)
     prepare_for_device(vqgan, device, precision)
-    prompts = all_prompts(config.prompt, config.image_prompts, config.noise_prompts)
+    prompts = all_prompts(config.prompt, config.image_prompts, config.noise_prompts, config.negative_prompts)
     targets = [embed_targets(clip, prompts, prompt_images or {}) for clip in models.clips]
     specs = [cutout_spec(config, clip) for clip in models.clips]
 

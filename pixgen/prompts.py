@@ -6,6 +6,8 @@
   stops pushing once the image is at least ``stop`` away from it. Distances are the spherical
   distance of the loss, between 0 and about 4.93 (pi**2 / 2).
 - The text itself may contain colons; only up to two trailing numeric fields are read.
+- Negative prompts (``negative_prompts``, ``--negative``) are texts kept apart from the prompt so a
+  preset can carry them: each pushes the image away with its weight's magnitude.
 """
 
 from __future__ import annotations
@@ -92,6 +94,20 @@ def parse_noise_prompts(specs: list[str]) -> list[Prompt]:
     return prompts
 
 
-def all_prompts(text: str, image_specs: list[str], noise_specs: list[str]) -> list[Prompt]:
-    """Every prompt of a run, in loss order: text, then image, then noise prompts."""
-    return parse_prompts(text) + parse_image_prompts(image_specs) + parse_noise_prompts(noise_specs)
+def parse_negative_prompts(specs: list[str]) -> list[Prompt]:
+    """Parse ``text[:weight[:stop]]`` negative prompts: texts the image is pushed away from, as hard as
+    ``|weight|`` (the sign is ignored: a negative prompt always pushes)."""
+    negatives = []
+    for spec in specs:
+        if STORY_SEPARATOR in spec or "|" in spec:
+            raise ConfigError(f"negative prompt {spec!r}: give one text per negative prompt, without '|' or '^'")
+        prompt = parse_prompt(spec)
+        negatives.append(Prompt(prompt.source, -abs(prompt.weight), prompt.stop))
+    return negatives
+
+
+def all_prompts(text: str, image_specs: list[str], noise_specs: list[str],
+                negative_specs: list[str] = ()) -> list[Prompt]:
+    """Every prompt of a run, in loss order: text, then image, then noise, then negative prompts."""
+    return (parse_prompts(text) + parse_image_prompts(image_specs) + parse_noise_prompts(noise_specs)
+            + parse_negative_prompts(list(negative_specs)))

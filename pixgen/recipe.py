@@ -18,7 +18,7 @@ from pixgen import __version__
 from pixgen.config import RunConfig, config_to_yaml
 from pixgen.downloads import sha256_file
 from pixgen.errors import InputError
-from pixgen.prompts import parse_image_prompts, parse_prompts
+from pixgen.prompts import parse_image_prompts, parse_negative_prompts, parse_prompts
 
 
 def input_files(config: RunConfig) -> list[str]:
@@ -77,7 +77,8 @@ def parameters_text(config: RunConfig, loaded: list, steps_done: int, device: st
     """The recipe in the layout image viewers read (A1111 ``parameters``): prompt, negatives, ``Key: value``."""
     prompts = parse_prompts(config.prompt)
     positive = " | ".join(_weighted(p) for p in prompts if p.weight > 0)
-    negative = " | ".join(_weighted(p, -1) for p in prompts if p.weight < 0)
+    negatives = [p for p in prompts if p.weight < 0] + parse_negative_prompts(getattr(config, "negative_prompts", []))
+    negative = " | ".join(_weighted(p, -1) for p in negatives)
     settings = {
         "Steps": steps_done, "Seed": config.seed, "Size": f"{config.size[0]}x{config.size[1]}",
         "Model": loaded[0].name if loaded else config.vqgan,

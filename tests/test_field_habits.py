@@ -241,3 +241,22 @@ def test_output_closed_by_the_reader_ends_quietly():
         os.close(write_end)
     assert process.returncode == 141
     assert "Traceback" not in process.stderr and "internal error" not in process.stderr
+
+
+def test_negative_prompts_push_the_image_and_are_recorded(tmp_path, tiny_preset):
+    plain = invoke("run", "a red circle", "--preset", tiny_preset, "--seed", "7", "-o", tmp_path / "plain", "-q")
+    pushed = invoke("run", "a red circle", "--preset", tiny_preset, "--seed", "7", "-o", tmp_path / "pushed", "-q",
+                    "--negative", "several shapes:0.3", "--negative", "blurry")
+    assert plain.exit_code == 0 and pushed.exit_code == 0, pushed.output
+    with Image.open(tmp_path / "plain" / "image.png") as a, Image.open(tmp_path / "pushed" / "image.png") as b:
+        assert a.tobytes() != b.tobytes()
+        lines, _ = parameters_fields(b.text["parameters"])
+    assert lines[:2] == ["a red circle", "Negative prompt: several shapes:0.3 | blurry"]
+    recorded = yaml.safe_load((tmp_path / "pushed" / "run.yaml").read_text())
+    assert recorded["negative_prompts"] == ["several shapes:0.3", "blurry"]
+
+
+def test_a_bad_negative_prompt_is_one_line_and_writes_nothing(tmp_path, tiny_preset):
+    result = invoke("run", "a red circle", "--preset", tiny_preset, "-o", tmp_path / "out", "--negative", "a | b")
+    assert result.exit_code == 2 and "negative prompt 'a | b'" in result.output
+    assert len(result.output.strip().splitlines()) == 1 and not (tmp_path / "out").exists()

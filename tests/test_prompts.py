@@ -40,3 +40,20 @@ def test_bad_prompts_raise(bad):
 def test_bad_prompt_lists_raise(bad):
     with pytest.raises(ConfigError):
         parse_prompts(bad)
+
+
+def test_negative_prompts_always_push_with_their_weight_magnitude():
+    from pixgen.prompts import all_prompts, parse_negative_prompts
+
+    assert parse_negative_prompts(["several shapes:0.3", "blurry:-2:1.5", "text"]) == [
+        Prompt("several shapes", -0.3, None), Prompt("blurry", -2.0, 1.5), Prompt("text", -1.0, None)]
+    order = all_prompts("a red circle", [], ["3"], ["several shapes"])
+    assert [p.source for p in order] == ["a red circle", "3", "several shapes"]  # negatives come last
+
+
+@pytest.mark.parametrize("bad", ["a | b", "a ^ b", ":0.3", "blurry:0"])
+def test_bad_negative_prompts_raise(bad):
+    from pixgen.prompts import parse_negative_prompts
+
+    with pytest.raises(ConfigError):
+        parse_negative_prompts([bad])
