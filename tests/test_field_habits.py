@@ -224,6 +224,7 @@ def test_shapes_words_in_any_phrasing_get_no_notice(tmp_path, tiny_preset):
     from pixgen.shapes.vocabulary import offworld_notice
 
     assert offworld_notice("Purple background with one yellow circle.", ["shapes-clip", "shapes-clip-2"]) is None
+    assert offworld_notice("several shapes", ["shapes-clip"]) is None
     assert offworld_notice("a castle", ["tiny-clip"]) is None  # other models: no opinion
 
 

@@ -11,7 +11,13 @@ from safetensors import safe_open
 from pixgen.errors import CheckpointError
 from pixgen.shapes import tower, train_clip, train_judge, world
 from pixgen.shapes.judge import CLASSES, OTHER, JudgeConfig, JudgeNet, judge_metadata, load_judge
-from pixgen.shapes.training import crowd_extras, draw_crowds, random_far_colour_pairs, save_fp16_safetensors
+from pixgen.shapes.training import (
+    crowd_extras,
+    draw_crowds,
+    not_one_clean_shape,
+    random_far_colour_pairs,
+    save_fp16_safetensors,
+)
 
 WEIGHTS = Path(__file__).resolve().parent.parent / "pixgen" / "weights"
 TINY_CLIP = {
@@ -176,3 +182,33 @@ def test_shapes_cnn_tower_builds_from_an_open_clip_config(tmp_path):
         import timm
 
         timm.create_model(tower.NAME, pretrained=True)
+
+
+def test_not_one_clean_shape_keeps_the_colours_but_spoils_the_shape():
+    rng = np.random.default_rng(3)
+    scenes = world.sample_scenes(60, rng, world.TRAIN_COMBOS)
+    drawn = [not_one_clean_shape(scene, rng) for scene in scenes]
+    images = draw_crowds([scene for scene, _ in drawn], [extras for _, extras in drawn])
+    clean = world.scenes_to_tensors(scenes)[0].float() / 255
+    changed = ((images - clean).abs().amax(dim=1) > 0.25).sum(dim=(1, 2))
+    assert (changed > 0).float().mean() > 0.9  # almost every picture differs from the clean render
+    fg = torch.tensor([s.fg for s in scenes], dtype=torch.float32)[:, :, None, None] / 255
+    bg = torch.tensor([s.bg for s in scenes], dtype=torch.float32)[:, :, None, None] / 255
+    near_fg, near_bg = ((images - c).abs().amax(dim=1) < 0.05 for c in (fg, bg))
+    assert ((near_fg | near_bg).float().mean(dim=(1, 2)) > 0.85).all()  # still only the scene's two colours
+    cut = [scene for scene, extras in drawn if not extras]
+    assert cut and all(min(s.x, s.y, world.IMAGE_SIZE - s.x, world.IMAGE_SIZE - s.y) < 0.4 * s.radius for s in cut)
+
+
+def test_clip_batches_pair_colour_swapped_twins_and_unname_messy_shapes():
+    tokens = train_clip.Tokens(32)
+    pool = train_clip.CaptionedPool(3000, seed=0, tokens=tokens, recolour_prob=0.0, crowd_prob=0.0,
+                                    messy_prob=0.0, swap_prob=1.0)
+    idx = pool.swap_twins(torch.arange(0, 400, 2))
+    combos = [pool.scenes[i].combo for i in idx.tolist()]
+    swapped = sum(b == (a[0], a[2], a[1]) for a, b in zip(combos, combos[1:], strict=False))
+    assert swapped > 0.5 * len(combos)  # most have a twin in the pool (held-out combinations never do)
+    messy = train_clip.CaptionedPool(500, seed=1, tokens=tokens, recolour_prob=0.0, crowd_prob=0.0, messy_prob=1.0)
+    batch = messy.batch(32, augment_prob=0.0)
+    assert (batch.labels[:, 0] == -100).all() and (batch.labels[:, 1:] >= 0).all()  # colours still known
+    assert batch.match.diagonal().all()

@@ -112,3 +112,12 @@ def test_held_out_prompts_name_the_held_out_combos():
 def test_unknown_split_lists_the_choices():
     with pytest.raises(ValueError, match="train, held_out, all"):
         render_dataset(1, seed=0, split="test")
+
+
+def test_varied_captions_sometimes_name_the_background_first():
+    rng = np.random.default_rng(2)
+    texts = [describe("circle", "red", "blue", rng=rng) for _ in range(400)]
+    first = [t for t in texts if t.index("blue") < t.index("red")]
+    assert 0.15 < len(first) / len(texts) < 0.35
+    assert all(parse_caption(t)["colour"] == "red" and parse_caption(t)["background"] == "blue" for t in first)
+    assert describe("circle", "red", "blue") == "a red circle on a blue background"  # canonical: unchanged

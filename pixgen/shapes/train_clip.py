@@ -1,7 +1,7 @@
 """Train shapes-clip: a small open_clip CLIP for the shapes world, contrastively, on training combinations only.
 
 Usage:
-    python -m pixgen.shapes.train_clip   # the defaults (--steps 800 --seed 0) give the shipped weights
+    python -m pixgen.shapes.train_clip   # the defaults (--steps 1000 --seed 0) give the shipped weights
 
 Writes ``OUT.json`` (an open_clip model config, the format of open_clip's ``model_configs/*.json``)
 and ``OUT.safetensors`` (the fp16 state dict; its metadata holds ``preprocess_cfg`` with mean/std).
@@ -27,7 +27,13 @@ shape (and maybe size) only: shape must be read regardless of colour. Another fr
 crowds (more copies of the scene's shape, "several red circles on a blue background"): a CLIP that
 never saw one circle contrasted with many is maximised just as well by a texture of red blobs,
 which is what VQGAN+CLIP then paints; with crowds as negatives the held-out judge's all-correct
-rate at the default preset went from 38 % to 75 % (8 prompts, 60 steps). Zero-shot accuracy on
+rate at the default preset went from 38 % to 75 % (8 prompts, 60 steps). Another fraction is drawn
+as "not one clean shape" (``training.not_one_clean_shape``: a merged blob, a bitten shape, a shape
+cut off by the edge) and captioned by its colours only: no caption naming a shape matches it. Some
+images are followed in the batch by their colour-swapped twin ("blue circle on red" after "red circle
+on blue"), and a quarter of the varied captions name the background first ("a blue background behind
+a red circle"), so colours bind to the shape or the background by the word "background", not by word
+order; "against blue" names a background without the word. Zero-shot accuracy on
 held-out combinations is printed as training goes, for prompt families ("a circle" / "a red
 shape" / "a shape on a red background"), full-caption argmax over all 168 combinations, and count
 (one shape vs a crowd of it).
@@ -54,6 +60,7 @@ from pixgen.shapes.training import (
     crowd_extras,
     draw_crowds,
     log,
+    not_one_clean_shape,
     random_affine,
     random_blur,
     random_colour,
@@ -165,7 +172,7 @@ class CaptionedPool:
     """Training images rendered once, with their scenes; draws augmented, captioned batches."""
 
     def __init__(self, n: int, seed: int, tokens: Tokens, split: str = "train", recolour_prob: float = 0.25,
-                 crowd_prob: float = 0.2, mixed_prob: float = 0.5):
+                 crowd_prob: float = 0.2, mixed_prob: float = 0.5, messy_prob: float = 0.0, swap_prob: float = 0.0):
         self.rng = np.random.default_rng(seed)
         self.gen = torch.Generator().manual_seed(seed)
         self.scenes = world.sample_scenes(n, self.rng, world.combos_for_split(split))
@@ -174,21 +181,46 @@ class CaptionedPool:
         self.recolour_prob = recolour_prob
         self.crowd_prob = crowd_prob
         self.mixed_prob = mixed_prob  # share of crowds whose extra shapes take any shape and colour
+        self.messy_prob = messy_prob  # share drawn as a merged blob, a bitten or a cut-off shape (shape unnamed)
+        self.swap_prob = swap_prob  # share replaced by the colour-swapped twin of another image in the batch
+        self.by_combo: dict[world.Combo, list[int]] = {}
+        for i, scene in enumerate(self.scenes):
+            self.by_combo.setdefault(scene.combo, []).append(i)
+
+    def swap_twins(self, idx: torch.Tensor) -> torch.Tensor:
+        """Replace a share of idx by images whose shape colour and background are swapped relative to the
+        image before them ("blue circle on red" after "red circle on blue"), where that combination is
+        in the pool: a hard negative for binding colours to the shape or the background."""
+        chosen = (torch.rand(len(idx), generator=self.gen) < self.swap_prob).nonzero().flatten().tolist()
+        idx = idx.clone()
+        for j in chosen:
+            shape, colour, background = self.scenes[int(idx[j - 1])].combo
+            twins = self.by_combo.get((shape, background, colour))
+            if twins:
+                idx[j] = twins[int(self.rng.integers(len(twins)))]
+        return idx
 
     def batch(self, size: int, augment_prob: float = 0.75) -> Batch:
         """A random batch: captions from the grammar; some images recoloured (shape-only captions), some
         crowded with more shapes (crowd captions), some augmented."""
-        idx = torch.randint(len(self.images), (size,), generator=self.gen)
+        idx = self.swap_twins(torch.randint(len(self.images), (size,), generator=self.gen))
         scenes = [self.scenes[i] for i in idx.tolist()]
         images = to_unit(self.images[idx])
         draw = torch.rand(size, generator=self.gen)
+        crowd_end = self.recolour_prob + self.crowd_prob
         recoloured = (draw < self.recolour_prob).tolist()
-        crowded = ((draw >= self.recolour_prob) & (draw < self.recolour_prob + self.crowd_prob)).tolist()
+        crowded = ((draw >= self.recolour_prob) & (draw < crowd_end)).tolist()
+        messy = ((draw >= crowd_end) & (draw < crowd_end + self.messy_prob)).tolist()
         texts, image_attrs, caption_attrs, extras = [], [], [], {}
         for i, scene in enumerate(scenes):
             truth = attribute_indices({"shape": scene.shape, "colour": scene.colour,
                                        "background": scene.background, "size": scene.size})
-            if recoloured[i]:
+            attrs = None
+            if messy[i]:
+                scenes[i], extras[i] = not_one_clean_shape(scene, self.rng)
+                truth[0] = -2  # matches no caption that names a shape
+                text = world.describe(colour=scene.colour, background=scene.background, rng=self.rng)
+            elif recoloured[i]:
                 truth[1] = truth[2] = -2  # matches no caption that names a colour
                 size_word = scene.size if self.rng.random() < 0.3 else None
                 text = world.describe(shape=scene.shape, size=size_word, rng=self.rng)
@@ -202,7 +234,7 @@ class CaptionedPool:
                 text = world.caption(scene, self.rng)
             texts.append(text)
             image_attrs.append(truth)
-            caption_attrs.append(attrs if crowded[i] else attribute_indices(world.parse_caption(text)))
+            caption_attrs.append(attrs or attribute_indices(world.parse_caption(text)))
         chosen = [i for i, flag in enumerate(recoloured) if flag]
         if chosen:
             images[chosen] = recolour([scenes[i] for i in chosen], self.gen)
@@ -353,7 +385,8 @@ def load_shapes_clip(out: str | Path) -> torch.nn.Module:
 
 
 def train(out: str, steps: int, seed: int, n_images: int, batch_size: int, lr: float, recolour_prob: float,
-          crowd_prob: float, aux: bool = True, eval_every: int = 100, threads: int = 2) -> dict[str, float]:
+          crowd_prob: float, aux: bool = True, eval_every: int = 100, threads: int = 2,
+          messy_prob: float = 0.0, swap_prob: float = 0.0) -> dict[str, float]:
     """Train shapes-clip for a number of steps, print progress, write OUT.json and OUT.safetensors."""
     seed_everything(seed, threads)
     config_path = Path(out).with_suffix(".json")
@@ -362,7 +395,8 @@ def train(out: str, steps: int, seed: int, n_images: int, batch_size: int, lr: f
     model = create_model(config_path)
     tokens = Tokens(SHAPES_CLIP_CONFIG["text_cfg"]["context_length"])
     t0 = time.monotonic()
-    pool = CaptionedPool(n_images, seed, tokens, "train", recolour_prob, crowd_prob)
+    pool = CaptionedPool(n_images, seed, tokens, "train", recolour_prob, crowd_prob, messy_prob=messy_prob,
+                         swap_prob=swap_prob)
     probe_x, probe_y = world.render_dataset(1000, seed + 1, "held_out")
     probe_scenes = world.sample_scenes(300, np.random.default_rng(seed + 1), world.HELD_OUT_COMBOS)
     log(f"rendered {n_images} training images in {time.monotonic() - t0:.1f}s")
@@ -400,13 +434,17 @@ def train(out: str, steps: int, seed: int, n_images: int, batch_size: int, lr: f
 def main(argv: list[str] | None = None) -> None:
     """Parse the command line and train."""
     parser = base_parser("pixgen.shapes.train_clip", __doc__.split("\n")[0], out="pixgen/weights/shapes-clip",
-                         steps=800, images=100000, lr=1e-3, recolour_prob=0.25)
+                         steps=1000, images=100000, lr=1e-3, recolour_prob=0.25)
     parser.add_argument("--crowd-prob", type=float, default=0.2, help="fraction crowded, 'several ...' captions")
+    parser.add_argument("--messy-prob", type=float, default=0.15,
+                        help="fraction drawn as a merged blob, a bitten or a cut-off shape (shape unnamed)")
+    parser.add_argument("--swap-prob", type=float, default=0.15,
+                        help="fraction replaced by the colour-swapped twin of the image before it")
     parser.add_argument("--no-aux", dest="aux", action="store_false", help="no auxiliary attribute heads")
     args = parser.parse_args(argv)
     log(f"shapes-clip {json.dumps(SHAPES_CLIP_CONFIG)}  seed {args.seed}  steps {args.steps}")
     train(args.out, args.steps, args.seed, args.images, args.batch_size, args.lr, args.recolour_prob,
-          args.crowd_prob, args.aux, threads=args.threads)
+          args.crowd_prob, args.aux, threads=args.threads, messy_prob=args.messy_prob, swap_prob=args.swap_prob)
 
 
 if __name__ == "__main__":

@@ -187,6 +187,29 @@ def messy_extras(scene: world.Scene, rng: np.random.Generator) -> tuple[list[wor
     return [_near(scene, rng, (0.3, 1.0), (0.4, 0.9), scene.bg or world.COLOURS[scene.background])], True
 
 
+def not_one_clean_shape(scene: world.Scene, rng: np.random.Generator) -> tuple[world.Scene, list[world.Scene]]:
+    """scene redrawn so it shows no clean shape though its colours hold, and the shapes to draw over it.
+
+    One of: a merged blob (an overlapping shape of the same colour), a bite (a background-coloured
+    shape over it) or a cut-off shape (moved so 30-60 % of its width lies past an edge). These are
+    what VQGAN+CLIP paints when a CLIP rewards a shape's parts: shapes-clip learns them as negatives
+    of every caption naming a shape. (Crowds are drawn separately, see crowd_extras.)
+    """
+    kind = ("union", "bite", "cut")[int(rng.integers(3))]
+    if kind == "union":
+        return scene, [_near(scene, rng, (0.6, 1.3), (0.5, 1.0), scene.fg)]
+    if kind == "bite":
+        return scene, [_near(scene, rng, (0.3, 1.0), (0.4, 0.9), scene.bg or world.COLOURS[scene.background])]
+    past = scene.radius * rng.uniform(0.2, 0.6)  # how far the centre moves past the edge's inner limit
+    edge = int(rng.integers(4))
+    x, y = scene.x, scene.y
+    if edge < 2:
+        x = -past + scene.radius * 0.4 if edge == 0 else world.IMAGE_SIZE + past - scene.radius * 0.4
+    else:
+        y = -past + scene.radius * 0.4 if edge == 2 else world.IMAGE_SIZE + past - scene.radius * 0.4
+    return replace(scene, x=float(x), y=float(y)), []
+
+
 def draw_crowds(scenes: list[world.Scene], extras: list[list[world.Scene]]) -> torch.Tensor:
     """Each scene with its extra shapes drawn over it, later ones on top: float [n, 3, 64, 64] in [0, 1]."""
     everyone = [shape for scene, more in zip(scenes, extras, strict=True) for shape in (scene, *more)]

@@ -65,6 +65,7 @@ _MAX_ANGLE = 15.0  # degrees of random rotation for squares and triangles
 _JITTER = 12  # per-channel colour jitter, +- this many levels
 _MARGIN = 1.0  # pixels kept between the shape and the image border
 _CHUNK = 512  # scenes rendered per vectorised batch
+BACKGROUND_FIRST_PROB = 0.25  # share of varied captions that name the background first
 
 Combo = tuple[str, str, str]
 
@@ -248,8 +249,19 @@ def _background_phrase(background: str, rng: np.random.Generator | None) -> str:
         f" against {a} {background} background",
         f", {background} background",
         f" with {a} {background} background",
+        f" against {background}",
     )
     return _pick(options, rng)
+
+
+def _background_first(obj: str, background: str, rng: np.random.Generator) -> str:
+    """A caption that names the background before the object: "a blue background behind a red circle", ...
+
+    Binding must not hang on word order: a CLIP that only ever read the object first takes the first
+    colour of "blue background ... red circle" for the shape's.
+    """
+    a = _article(background)
+    return _pick((f"{a} {background} background behind {obj}", f"on {a} {background} background, {obj}"), rng)
 
 
 def describe(
@@ -262,7 +274,11 @@ def describe(
     """A caption mentioning exactly the given attributes; canonical wording without rng, varied with one."""
     noun = shape or _pick(("shape", "object"), rng)
     text = _object_phrase(noun, size, colour, rng)
-    return text if background is None else text + _background_phrase(background, rng)
+    if background is None:
+        return text
+    if rng is not None and rng.random() < BACKGROUND_FIRST_PROB:
+        return _background_first(text, background, rng)
+    return text + _background_phrase(background, rng)
 
 
 def describe_crowd(
