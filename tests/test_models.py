@@ -112,9 +112,10 @@ def test_ensemble_sums_one_loss_per_model_and_prompt(tiny_models):
 
     config = resolve_config("default", flags={"prompt": "a | b:-0.5", "seed": 0, "steps": 1, "size": [32, 32],
                                               "vqgan": "tiny-vqgan", "clip": ["tiny-clip", "tiny-clip"],
-                                              "init_weight": 0.1})
+                                              "init_weight": 0.1, "negative_prompts": ["c:0.2"]})
     (step,) = list(generate(config, tiny_models_loaded(("tiny-clip", str(tiny_models["clip2_json"])))))
-    assert len(step.losses) == 2 * 2 + 1  # two models x two prompts + init_weight term
+    assert len(step.losses) == 2 * 3 + 1  # two models x (two prompts + one negative prompt) + init_weight term
+    assert step.losses[2] < 0 and step.losses[5] < 0  # each model's negative prompt pushes
     assert abs(sum(step.losses) - step.loss) < 1e-5
     assert step.image().shape == (1, 3, 32, 32)
 
