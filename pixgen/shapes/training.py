@@ -171,6 +171,16 @@ def _near(scene: world.Scene, rng: np.random.Generator, distance: tuple[float, f
                    angle=float(rng.uniform(-45, 45)), fg=fg)
 
 
+def merging_shape(scene: world.Scene, rng: np.random.Generator) -> world.Scene:
+    """A shape of scene's colour overlapping it, so the two merge into one blob."""
+    return _near(scene, rng, (0.6, 1.3), (0.5, 1.0), scene.fg)
+
+
+def biting_shape(scene: world.Scene, rng: np.random.Generator) -> world.Scene:
+    """A background-coloured shape over scene's shape, biting a piece out of it."""
+    return _near(scene, rng, (0.3, 1.0), (0.4, 0.9), scene.bg or world.COLOURS[scene.background])
+
+
 def messy_extras(scene: world.Scene, rng: np.random.Generator) -> tuple[list[world.Scene], bool]:
     """Shapes to draw over scene so that it no longer shows one clean shape, and whether its colour still holds.
 
@@ -183,24 +193,25 @@ def messy_extras(scene: world.Scene, rng: np.random.Generator) -> tuple[list[wor
     if kind in ("crowd", "mixed"):
         return crowd_extras(scene, rng, mixed=kind == "mixed", extra=(1, 3)), kind == "crowd"
     if kind == "union":
-        return [_near(scene, rng, (0.6, 1.3), (0.5, 1.0), scene.fg)], True
-    return [_near(scene, rng, (0.3, 1.0), (0.4, 0.9), scene.bg or world.COLOURS[scene.background])], True
+        return [merging_shape(scene, rng)], True
+    return [biting_shape(scene, rng)], True
 
 
 def not_one_clean_shape(scene: world.Scene, rng: np.random.Generator) -> tuple[world.Scene, list[world.Scene]]:
     """scene redrawn so it shows no clean shape though its colours hold, and the shapes to draw over it.
 
     One of: a merged blob (an overlapping shape of the same colour), a bite (a background-coloured
-    shape over it) or a cut-off shape (moved so 30-60 % of its width lies past an edge). These are
-    what VQGAN+CLIP paints when a CLIP rewards a shape's parts: shapes-clip learns them as negatives
-    of every caption naming a shape. (Crowds are drawn separately, see crowd_extras.)
+    shape over it) or a cut-off shape (its centre moved to within 0.2 radii of an edge, so a third
+    to two thirds of it lies outside). These are what VQGAN+CLIP paints when a CLIP rewards a shape's
+    parts: shapes-clip learns them as negatives of every caption naming a shape. (Crowds are drawn
+    separately, see crowd_extras.)
     """
     kind = ("union", "bite", "cut")[int(rng.integers(3))]
     if kind == "union":
-        return scene, [_near(scene, rng, (0.6, 1.3), (0.5, 1.0), scene.fg)]
+        return scene, [merging_shape(scene, rng)]
     if kind == "bite":
-        return scene, [_near(scene, rng, (0.3, 1.0), (0.4, 0.9), scene.bg or world.COLOURS[scene.background])]
-    past = scene.radius * rng.uniform(0.2, 0.6)  # how far the centre moves past the edge's inner limit
+        return scene, [biting_shape(scene, rng)]
+    past = scene.radius * rng.uniform(0.2, 0.6)  # the centre ends up within 0.2 radii of the edge, either side
     edge = int(rng.integers(4))
     x, y = scene.x, scene.y
     if edge < 2:
