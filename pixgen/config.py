@@ -52,7 +52,7 @@ class RunConfig:
     augment_flip: bool = True  # random horizontal flips of cutouts
     augment_rotate: float = 0.0  # maximum cutout rotation, degrees
     augment_noise: float = 0.0  # maximum std of Gaussian noise added to cutouts
-    # The reference loop's (generate.py's kornia) augmentations, per cutout; 0 = off (not yet measured here)
+    # The reference loop's (generate.py's kornia) augmentations, per cutout; 0 = off (best on the shapes world: README)
     augment_shear: float = 0.0  # maximum x and y shear, degrees (generate.py: 5)
     augment_perspective: float = 0.0  # perspective distortion, 0-1 (generate.py: 0.7)
     augment_jitter: float = 0.0  # saturation and hue jitter, 0-0.5 (generate.py: 0.1)

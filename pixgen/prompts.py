@@ -13,7 +13,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from pixgen.errors import ConfigError
 
@@ -97,13 +97,10 @@ def parse_noise_prompts(specs: list[str]) -> list[Prompt]:
 def parse_negative_prompts(specs: list[str]) -> list[Prompt]:
     """Parse ``text[:weight[:stop]]`` negative prompts: texts the image is pushed away from, as hard as
     ``|weight|`` (the sign is ignored: a negative prompt always pushes)."""
-    negatives = []
     for spec in specs:
         if STORY_SEPARATOR in spec or "|" in spec:
             raise ConfigError(f"negative prompt {spec!r}: give one text per negative prompt, without '|' or '^'")
-        prompt = parse_prompt(spec)
-        negatives.append(Prompt(prompt.source, -abs(prompt.weight), prompt.stop))
-    return negatives
+    return [replace(prompt, weight=-abs(prompt.weight)) for prompt in map(parse_prompt, specs)]
 
 
 def all_prompts(text: str, image_specs: list[str], noise_specs: list[str],
