@@ -49,6 +49,7 @@ class RunConfig:
     cut_count: int = 32  # cutouts per step and CLIP model
     cut_pow: float = 1.0  # cutout size distribution: rand ** cut_pow
     cut_min_scale: float = 1.0  # smallest cutout as a fraction of min(side, CLIP input size)
+    cut_overhang: float = 0.0  # how far past an image edge a cutout may reach, as a fraction of its side
     augment_flip: bool = True  # random horizontal flips of cutouts
     augment_rotate: float = 0.0  # maximum cutout rotation, degrees
     augment_noise: float = 0.0  # maximum std of Gaussian noise added to cutouts
@@ -213,6 +214,7 @@ def validate(config: RunConfig) -> None:
     need(1 <= config.cut_count <= MAX_CUT_COUNT, "cut_count", f"must be between 1 and {MAX_CUT_COUNT}")
     need(config.cut_pow > 0, "cut_pow", "must be positive")
     need(0 < config.cut_min_scale <= 1, "cut_min_scale", "must be in (0, 1]")
+    need(0 <= config.cut_overhang <= 0.5, "cut_overhang", "must be between 0 and 0.5")
     need(0 <= config.augment_rotate <= 180, "augment_rotate", "must be between 0 and 180 degrees")
     need(0 <= config.augment_noise <= 10, "augment_noise", "must be between 0 and 10")
     need(0 <= config.augment_shear <= 45, "augment_shear", "must be between 0 and 45 degrees")

@@ -5,6 +5,8 @@ the image, so one ``affine_grid`` + ``grid_sample`` call produces every cut: no 
 A cut that shrinks its region by 2x or more samples a box-filtered (mipmap) level of the image
 instead, so fine detail averages out rather than aliasing into a false pattern; cuts at up to
 2x shrink (every cut of the shapes world) sample the image itself, exactly as before.
+Cuts may reach past the image edges (``overhang``), reflection filling the outside, so the
+outermost pixels are seen as often as the middle ones and a fragment there does not go unpunished.
 The reference loop's augmentations (``pixgen.augment``: shear, perspective, colour jitter, erasing)
 follow on the sampled cuts when their amounts are above 0, then the noise.
 """
@@ -31,6 +33,7 @@ class CutoutSpec:
     rotate: float = 0.0  # maximum rotation in degrees, either way
     noise: float = 0.0  # maximum std of per-cut Gaussian pixel noise
     min_scale: float = 1.0  # smallest cut, as a fraction of min(image side, cut_size)
+    overhang: float = 0.0  # how far past an image edge a cut may reach, as a fraction of its side
     shear: float = 0.0  # maximum x and y shear in degrees, either way (zero padding)
     perspective: float = 0.0  # perspective distortion: corners move inward by up to distortion/2 of the side
     jitter: float = 0.0  # saturation and hue jitter (hue in turns), either way
@@ -45,8 +48,9 @@ def cutout_thetas(height: int, width: int, spec: CutoutSpec,
     min_size = min(side, spec.cut_size) * spec.min_scale
     rand = torch.rand(n, 5, generator=generator)
     size = rand[:, 0].pow(spec.cut_pow) * (side - min_size) + min_size
-    center_x = size / 2 + rand[:, 1] * (width - size)
-    center_y = size / 2 + rand[:, 2] * (height - size)
+    reach = spec.overhang * size  # 0 keeps every cut inside the image, bit for bit as before
+    center_x = size / 2 - reach + rand[:, 1] * (width - size + 2 * reach)
+    center_y = size / 2 - reach + rand[:, 2] * (height - size + 2 * reach)
     angle = (rand[:, 3] * 2 - 1) * math.radians(spec.rotate)
     flip = torch.where(rand[:, 4] < 0.5, -1.0, 1.0) if spec.flip else torch.ones(n)
     cos, sin = angle.cos() * size / 2, angle.sin() * size / 2

@@ -168,6 +168,7 @@ def cutout_spec(config: RunConfig, clip: CLIPScorer) -> CutoutSpec:
     return CutoutSpec(cut_count=config.cut_count, cut_size=clip.image_size, cut_pow=config.cut_pow,
                       flip=config.augment_flip, rotate=config.augment_rotate,
                       noise=config.augment_noise, min_scale=config.cut_min_scale,
+                      overhang=config.cut_overhang,
                       shear=config.augment_shear, perspective=config.augment_perspective,
                       jitter=config.augment_jitter, erase=config.augment_erase, p=config.augment_p)
 

@@ -37,6 +37,7 @@ def test_bundled_presets_all_validate():
     (["--set", "stpes=3"], "Error: unknown setting 'stpes' in --set stpes=3 (did you mean steps?)"),
     (["--set", "steps=abc"], "Error: invalid value 'abc' for 'steps' in --set steps=abc: expected int"),
     (["--set", "cut_pow=-1"], "Error: invalid value -1.0 for 'cut_pow': must be positive"),
+    (["--set", "cut_overhang=0.8"], "Error: invalid value 0.8 for 'cut_overhang': must be between 0 and 0.5"),
     (["--set", "optimizer=rmsprop"], "Error: invalid value 'rmsprop' for 'optimizer': must be one of adam, adamw, sgd"),
     (["--set", "init=image"],
      "Error: invalid value 'image' for 'init': init 'image' needs init_image (--init-image PATH)"),

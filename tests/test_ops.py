@@ -77,6 +77,35 @@ def test_cutouts_are_one_batched_op_with_sizes_in_range():
     assert cuts.shape == (64, 3, 16, 16)
 
 
+def test_overhanging_cuts_reach_past_the_edges_and_see_the_border_more_often():
+    # as in the shapes world: cuts of 70-100 % of the image side, upsampled to the CLIP input
+    inside = CutoutSpec(cut_count=4000, cut_size=64, flip=False, min_scale=0.7)
+    over = CutoutSpec(cut_count=4000, cut_size=64, flip=False, min_scale=0.7, overhang=0.2)
+    a = cutout_thetas(32, 32, inside, torch.Generator().manual_seed(0))
+    b = cutout_thetas(32, 32, over, torch.Generator().manual_seed(0))
+    half = b[:, 0, 0].abs()  # half the cut's side, normalised
+    reach = b[:, 0, 2].abs() + half - 1  # how far past the edge the cut reaches
+    assert reach.max() > 0.05 and (reach <= 2 * 0.2 * half + 1e-5).all()
+    assert torch.equal(a[:, :, :2], b[:, :, :2])  # same sizes: only where the cuts sit changed
+
+    def seen_at_the_edge(theta):  # share of cuts that cover the centre of the leftmost pixel column
+        return ((theta[:, 0, 2] - theta[:, 0, 0].abs()) <= -1 + 1 / 32).float().mean()
+
+    assert seen_at_the_edge(b) > 1.5 * seen_at_the_edge(a)  # 39 vs 20 %
+    image = torch.rand(1, 3, 32, 32)
+    cuts = make_cutouts(image, over, torch.Generator().manual_seed(0))
+    assert cuts.shape == (4000, 3, 64, 64) and cuts.min() >= 0 and cuts.max() <= 1  # reflection fills
+
+
+def test_zero_overhang_draws_the_same_cuts_as_before():
+    spec = CutoutSpec(cut_count=16, cut_size=16, rotate=10.0, min_scale=0.5)
+    theta = cutout_thetas(24, 40, spec, torch.Generator().manual_seed(2))
+    rand = torch.rand(16, 5, generator=torch.Generator().manual_seed(2))
+    size = rand[:, 0] * (24 - 8) + 8
+    assert torch.equal(theta[:, 0, 2], (size / 2 + rand[:, 1] * (40 - size)) * 2 / 40 - 1)
+    assert torch.equal(theta[:, 1, 2], (size / 2 + rand[:, 2] * (24 - size)) * 2 / 24 - 1)
+
+
 def test_identity_cutout_reproduces_the_image():
     image = torch.rand(1, 3, 16, 16)
     spec = CutoutSpec(cut_count=2, cut_size=16, flip=False, rotate=0.0, noise=0.0)
