@@ -7,7 +7,7 @@ then asks the independent shapes-judge what each shows. Prints the strict and fo
 all-correct rates and the median seconds per image of both.
 
 The generate.py family guides with one CLIP model, so the reference uses the preset's first one
-(``shapes-clip``); pixgen's default guides with both of its CLIPs. Both run fp32 on the CPU.
+(``shapes-clip``); pixgen's default guides with all of its CLIPs. Both run fp32 on the CPU.
 
     .venv/bin/python benchmarks/method_vs_reference.py [--seeds 1] [--limit 24] [--preset default] [--steps N]
 """

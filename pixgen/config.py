@@ -63,7 +63,8 @@ class RunConfig:
     init_image: str | None = None  # image file for init "image"
     init_weight: float = 0.0  # weight of MSE(z, z_init): keeps the image near its start
     vqgan: str = "shapes-vqgan"  # registry name or local checkpoint file(s)
-    clip: list[str] = field(default_factory=lambda: ["shapes-clip", "shapes-clip-2"])  # several: an ensemble
+    # CLIP models (registry names or files); several make an ensemble
+    clip: list[str] = field(default_factory=lambda: ["shapes-clip", "shapes-clip-2", "shapes-clip-3"])
     device: str = "auto"  # auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps
     precision: str = "auto"  # autocast precision of decoder and CLIP: auto (per device), fp32, bf16, fp16
     save_every: int = 50  # save a progress frame every N steps (0: no frames)

@@ -19,7 +19,8 @@ BUNDLED = [entry for kind in KINDS for entry in read_registry_file(BUILTIN_REGIS
 
 
 def test_every_default_model_is_bundled():
-    assert {e.name for e in BUNDLED} == {"shapes-vqgan", "shapes-clip", "shapes-clip-2", "shapes-judge"}
+    assert {e.name for e in BUNDLED} == {"shapes-vqgan", "shapes-clip", "shapes-clip-2", "shapes-clip-3",
+                                         "shapes-judge"}
 
 
 @pytest.mark.parametrize("entry", BUNDLED, ids=lambda e: e.name)

@@ -10,7 +10,7 @@ import re
 
 from pixgen.shapes.world import COLOUR_NAMES, CROWD_WORDS, SHAPES, SIZE_WORDS
 
-BUNDLED_CLIPS = ("shapes-clip", "shapes-clip-2")
+BUNDLED_CLIPS = ("shapes-clip", "shapes-clip-2", "shapes-clip-3")
 # Words with no meaning of their own: articles, numbers, prepositions and conjunctions of ordinary phrasing.
 FUNCTION_WORDS = frozenset(
     "a an the one single some of on in with and against front behind over under at its it is this that".split()
