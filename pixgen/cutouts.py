@@ -6,7 +6,8 @@ A cut that shrinks its region by 2x or more samples a box-filtered (mipmap) leve
 instead, so fine detail averages out rather than aliasing into a false pattern; cuts at up to
 2x shrink (every cut of the shapes world) sample the image itself, exactly as before.
 Cuts may reach past the image edges (``overhang``), reflection filling the outside, so the
-outermost pixels are seen as often as the middle ones and a fragment there does not go unpunished.
+outermost pixels are seen more often (with 0.2 and cuts of 70-100 % of the side, the outermost
+column is in about 39 % of the cuts instead of 20 %).
 The reference loop's augmentations (``pixgen.augment``: shear, perspective, colour jitter, erasing)
 follow on the sampled cuts when their amounts are above 0, then the noise.
 """
