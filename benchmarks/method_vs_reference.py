@@ -2,7 +2,8 @@
 
 For each held-out shapes-world prompt and seed, renders one image with pixgen's default preset and
 one with the reference loop (``benchmarks/reference_loop.py``: 32 pooled whole-image views with
-kornia-style augmentations, Adam at the preset's lr, the same steps and seed, the preset's VQGAN),
+kornia-style augmentations, Adam at generate.py's default lr 0.1, the same steps and seed, the
+preset's VQGAN),
 then asks the independent shapes-judge what each shows. Prints the strict and forced-choice
 all-correct rates and the median seconds per image of both.
 
@@ -31,15 +32,16 @@ from pixgen.registry import load_registry
 from pixgen.shapes.world import held_out_prompts, parse_caption
 
 REFERENCE_CUTS = 32  # generate.py's default cutn
+REFERENCE_LR = 0.1  # generate.py's default step size
 
 
-def reference_image(config, models, cuts: int = REFERENCE_CUTS) -> torch.Tensor:
-    """The final image of the reference loop for ``config`` (prompt, seed, size, steps, lr), in [0, 1]."""
+def reference_image(config, models, cuts: int = REFERENCE_CUTS, lr: float = REFERENCE_LR) -> torch.Tensor:
+    """The final image of the reference loop for ``config`` (prompt, seed, size, steps), in [0, 1]."""
     clip = models.clips[0]
     target = clip.encode_text([config.prompt])[0]
     vqgan = stock_vqgan(models.vqgan)
     loop = ReferenceLoop(vqgan, clip.model, clip.mean.flatten().tolist(), clip.std.flatten().tolist(), [target],
-                         tuple(config.size), cuts, seed=config.seed, lr=config.lr)
+                         tuple(config.size), cuts, seed=config.seed, lr=lr)
     for _ in range(config.steps):
         loop.step()
     with torch.no_grad():
@@ -58,6 +60,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=1)
     parser.add_argument("--limit", type=int, default=None, help="only the first N held-out prompts")
     parser.add_argument("--steps", type=int, default=None, help="override the preset's steps")
+    parser.add_argument("--reference-lr", type=float, default=REFERENCE_LR, help="the reference loop's Adam lr")
     args = parser.parse_args()
 
     prompts = held_out_prompts()[:args.limit]
@@ -69,7 +72,7 @@ def main() -> None:
         for seed in range(args.seeds):
             config = replace(base, prompt=prompt, seed=seed)
             for method, render in (("pixgen default", lambda c: final_image(c, models)),
-                                   ("reference loop", lambda c: reference_image(c, models))):
+                                   ("reference loop", lambda c: reference_image(c, models, lr=args.reference_lr))):
                 start = time.perf_counter()
                 image = render(config)
                 verdict = judged(prompt, seed, image, time.perf_counter() - start, judge)
@@ -77,8 +80,8 @@ def main() -> None:
                 mark = "ok   " if all(verdict.correct("judge").values()) else "WRONG"
                 print(f"{method:15s} {mark} {prompt} (seed {seed}): {' '.join(verdict.judge.values())} "
                       f"[{verdict.seconds:.1f} s]", flush=True)
-    print(f"\npreset={args.preset} steps={base.steps} prompts={len(prompts)} seeds={args.seeds} "
-          f"threads={torch.get_num_threads()}")
+    print(f"\npreset={args.preset} steps={base.steps} lr={base.lr} reference-lr={args.reference_lr} "
+          f"prompts={len(prompts)} seeds={args.seeds} threads={torch.get_num_threads()}")
     print(f"{'method':15s} {'strict':>7s} {'forced':>7s} {'s/image':>8s}")
     for method, verdicts in results.items():
         strict, forced = accuracy(verdicts, "judge")["all"], accuracy(verdicts, "judge_forced")["all"]
