@@ -212,3 +212,22 @@ def test_clip_batches_pair_colour_swapped_twins_and_unname_messy_shapes():
     batch = messy.batch(32, augment_prob=0.0)
     assert (batch.labels[:, 0] == -100).all() and (batch.labels[:, 1:] >= 0).all()  # colours still known
     assert batch.match.diagonal().all()
+
+
+def test_filler_words_pad_captions_without_world_or_evaluation_words():
+    tokens = train_clip.Tokens(32)
+    fillers = set(tokens.filler_ids().tolist())
+    word_id = {word: tokens.tokenizer.encoder[word + "</w>"] for word in
+               ("red", "circle", "background", "several", "the", "one", "sitting", "front", "that", "castle")}
+    assert word_id["castle"] in fillers
+    assert not {i for word, i in word_id.items() if word != "castle"} & fillers
+    plain = train_clip.CaptionedPool(200, seed=3, tokens=tokens, crowd_prob=0.3, messy_prob=0.1).batch(48)
+    padded = train_clip.CaptionedPool(200, seed=3, tokens=tokens, crowd_prob=0.3, messy_prob=0.1,
+                                      filler_prob=1.0).batch(48)
+    assert torch.equal(plain.images, padded.images) and torch.equal(plain.match, padded.match)
+    start, end = tokens.tokenizer.sot_token_id, tokens.tokenizer.eot_token_id
+    for before, after in zip(plain.tokens.tolist(), padded.tokens.tolist(), strict=True):
+        before, after = [t for t in before if t], [t for t in after if t]  # without the padding
+        assert 1 <= len([t for t in after if t in fillers]) <= 2
+        assert [t for t in after if t not in fillers] == before  # the caption's own tokens, in order
+        assert after[0] == start and after[-1] == end

@@ -42,6 +42,7 @@ shape" / "a shape on a red background"), full-caption argmax over all 168 combin
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -150,12 +151,58 @@ class Tokens:
         self.tokenizer = open_clip.get_tokenizer("", context_length=context_length)
         self.cache: dict[str, torch.Tensor] = {}
 
+    def filler_ids(self) -> torch.Tensor:
+        """Ids of the vocabulary's whole alphabetic words that can pad a caption without changing what it
+        says: none of the shapes world's words, and none of the evaluation wordings' words (those stay
+        unseen, so ``pixgen eval --paraphrases`` still measures generalisation)."""
+        from pixgen.shapes.vocabulary import FUNCTION_WORDS, KNOWN_WORDS
+
+        reserved = world_words() | evaluation_words() | KNOWN_WORDS | FUNCTION_WORDS
+        reserved_ids = set(self.tokenizer.encode(" ".join(sorted(reserved))))  # "triangles" is "tri" + "angles"
+        ids = [i for token, i in self.tokenizer.encoder.items()
+               if token.endswith("</w>") and token[:-4].isalpha() and i not in reserved_ids]
+        return torch.tensor(sorted(ids))
+
     def __call__(self, texts: list[str]) -> torch.Tensor:
         """Token ids [len(texts), context_length]."""
         missing = [t for t in dict.fromkeys(texts) if t not in self.cache]
         if missing:
             self.cache.update(zip(missing, self.tokenizer(missing), strict=True))
         return torch.stack([self.cache[t] for t in texts])
+
+
+def world_words() -> set[str]:
+    """Every word the training grammar can write (colours, shapes, sizes, quantities, its linking words)."""
+    rng = np.random.default_rng(0)
+    combos = world.ALL_COMBOS
+    captions = [world.describe(*combo, size=size, rng=rng) for combo in combos for size in (None, *world.SIZE_WORDS)]
+    captions += [world.describe_crowd(*combo, rng=rng) for combo in combos for _ in range(4)]
+    return {word for text in captions for word in re.findall(r"[a-z]+", text.lower())} | {"shape", "object"}
+
+
+def evaluation_words() -> set[str]:
+    """Every word of the evaluation wordings (``pixgen.shapes.paraphrases``): never used as filler."""
+    from pixgen.shapes.paraphrases import WORDINGS
+
+    return {word for template in WORDINGS.values() for word in re.findall(r"[a-z]+", template.lower())}
+
+
+def insert_fillers(tokens: torch.Tensor, filler_ids: torch.Tensor, prob: float, gen: torch.Generator,
+                   most: int = 2) -> torch.Tensor:
+    """With probability ``prob`` per caption, 1 to ``most`` random filler words at random places between
+    the start and end tokens: the text tower learns to read the attribute words whatever surrounds
+    them, instead of taking any unfamiliar word as a change of meaning."""
+    out = tokens.clone()
+    chosen = (torch.rand(len(tokens), generator=gen) < prob).nonzero().flatten().tolist()
+    for row in chosen:
+        length = int((tokens[row] != 0).sum())  # start, words, end; zeros pad
+        count = min(int(torch.randint(1, most + 1, (1,), generator=gen)), tokens.shape[1] - length)
+        ids = tokens[row, :length].tolist()
+        for _ in range(count):
+            place = int(torch.randint(1, len(ids), (1,), generator=gen))  # after the start token, before the end
+            ids.insert(place, int(filler_ids[torch.randint(len(filler_ids), (1,), generator=gen)]))
+        out[row, :len(ids)] = torch.tensor(ids)
+    return out
 
 
 @dataclass
@@ -172,7 +219,8 @@ class CaptionedPool:
     """Training images rendered once, with their scenes; draws augmented, captioned batches."""
 
     def __init__(self, n: int, seed: int, tokens: Tokens, split: str = "train", recolour_prob: float = 0.25,
-                 crowd_prob: float = 0.2, mixed_prob: float = 0.5, messy_prob: float = 0.0, swap_prob: float = 0.0):
+                 crowd_prob: float = 0.2, mixed_prob: float = 0.5, messy_prob: float = 0.0, swap_prob: float = 0.0,
+                 filler_prob: float = 0.0):
         self.rng = np.random.default_rng(seed)
         self.gen = torch.Generator().manual_seed(seed)
         self.scenes = world.sample_scenes(n, self.rng, world.combos_for_split(split))
@@ -183,6 +231,8 @@ class CaptionedPool:
         self.mixed_prob = mixed_prob  # share of crowds whose extra shapes take any shape and colour
         self.messy_prob = messy_prob  # share drawn as a merged blob, a bitten or a cut-off shape (shape unnamed)
         self.swap_prob = swap_prob  # share replaced by the colour-swapped twin of another image in the batch
+        self.filler_prob = filler_prob  # share of captions padded with random unrelated words
+        self.filler_ids = tokens.filler_ids() if filler_prob > 0 else None
         self.by_combo: dict[world.Combo, list[int]] = {}
         for i, scene in enumerate(self.scenes):
             self.by_combo.setdefault(scene.combo, []).append(i)
@@ -245,7 +295,10 @@ class CaptionedPool:
             images[chosen] = augment(images[chosen], self.gen)
         image_attrs = torch.tensor(image_attrs)
         labels = image_attrs[:, :3].masked_fill(image_attrs[:, :3] < 0, -100)
-        return Batch(normalise(images), self.tokens(texts), match_matrix(image_attrs, torch.tensor(caption_attrs)),
+        tokens = self.tokens(texts)
+        if self.filler_ids is not None:
+            tokens = insert_fillers(tokens, self.filler_ids, self.filler_prob, self.gen)
+        return Batch(normalise(images), tokens, match_matrix(image_attrs, torch.tensor(caption_attrs)),
                      labels)
 
 
@@ -386,7 +439,7 @@ def load_shapes_clip(out: str | Path) -> torch.nn.Module:
 
 def train(out: str, steps: int, seed: int, n_images: int, batch_size: int, lr: float, recolour_prob: float,
           crowd_prob: float, aux: bool = True, eval_every: int = 100, threads: int = 2,
-          messy_prob: float = 0.0, swap_prob: float = 0.0) -> dict[str, float]:
+          messy_prob: float = 0.0, swap_prob: float = 0.0, filler_prob: float = 0.0) -> dict[str, float]:
     """Train shapes-clip for a number of steps, print progress, write OUT.json and OUT.safetensors."""
     seed_everything(seed, threads)
     config_path = Path(out).with_suffix(".json")
@@ -396,7 +449,7 @@ def train(out: str, steps: int, seed: int, n_images: int, batch_size: int, lr: f
     tokens = Tokens(SHAPES_CLIP_CONFIG["text_cfg"]["context_length"])
     t0 = time.monotonic()
     pool = CaptionedPool(n_images, seed, tokens, "train", recolour_prob, crowd_prob, messy_prob=messy_prob,
-                         swap_prob=swap_prob)
+                         swap_prob=swap_prob, filler_prob=filler_prob)
     probe_x, probe_y = world.render_dataset(1000, seed + 1, "held_out")
     probe_scenes = world.sample_scenes(300, np.random.default_rng(seed + 1), world.HELD_OUT_COMBOS)
     log(f"rendered {n_images} training images in {time.monotonic() - t0:.1f}s")
@@ -418,7 +471,7 @@ def train(out: str, steps: int, seed: int, n_images: int, batch_size: int, lr: f
     log(f"trained {steps} steps in {time.monotonic() - start:.0f}s")
     metadata = {"format": FORMAT, "seed": str(seed), "steps": str(steps),
                 "preprocess_cfg": {"mean": list(MEAN), "std": list(STD), "size": 64},
-                "model_cfg": SHAPES_CLIP_CONFIG}
+                "model_cfg": SHAPES_CLIP_CONFIG, **({"filler_prob": str(filler_prob)} if filler_prob else {})}
     save_fp16_safetensors(model.state_dict(), config_path.with_suffix(".safetensors"), metadata)
     loaded = load_shapes_clip(config_path)
     test_x, test_y = world.render_dataset(5000, seed + 2, "held_out")
@@ -440,11 +493,14 @@ def main(argv: list[str] | None = None) -> None:
                         help="fraction drawn as a merged blob, a bitten or a cut-off shape (shape unnamed)")
     parser.add_argument("--swap-prob", type=float, default=0.15,
                         help="fraction replaced by the colour-swapped twin of the image before it")
+    parser.add_argument("--filler-prob", type=float, default=0.0,
+                        help="fraction of captions padded with 1-2 random unrelated words (never evaluation words)")
     parser.add_argument("--no-aux", dest="aux", action="store_false", help="no auxiliary attribute heads")
     args = parser.parse_args(argv)
     log(f"shapes-clip {json.dumps(SHAPES_CLIP_CONFIG)}  seed {args.seed}  steps {args.steps}")
     train(args.out, args.steps, args.seed, args.images, args.batch_size, args.lr, args.recolour_prob,
-          args.crowd_prob, args.aux, threads=args.threads, messy_prob=args.messy_prob, swap_prob=args.swap_prob)
+          args.crowd_prob, args.aux, threads=args.threads, messy_prob=args.messy_prob, swap_prob=args.swap_prob,
+          filler_prob=args.filler_prob)
 
 
 if __name__ == "__main__":
