@@ -9,7 +9,7 @@ import torch
 from safetensors import safe_open
 
 from pixgen.errors import CheckpointError
-from pixgen.shapes import tower, train_clip, train_judge, world
+from pixgen.shapes import paraphrases, tower, train_clip, train_judge, world
 from pixgen.shapes.judge import CLASSES, OTHER, JudgeConfig, JudgeNet, judge_metadata, load_judge
 from pixgen.shapes.training import (
     crowd_extras,
@@ -45,7 +45,8 @@ def test_judge_training_steps_reduce_the_loss():
     assert len(train_judge.train_steps(net, opt, pool, gen, steps=2, batch_size=8)) == 2
 
 
-def test_clip_training_steps_reduce_the_loss(tmp_path):
+@pytest.mark.parametrize("precision", ["bf16", "fp32"])
+def test_clip_training_steps_reduce_the_loss(tmp_path, precision):
     config = tmp_path / "tiny-shapes-clip.json"
     config.write_text(json.dumps(TINY_CLIP))
     model = train_clip.create_model(config)
@@ -55,9 +56,9 @@ def test_clip_training_steps_reduce_the_loss(tmp_path):
     assert batch.match.diagonal().all() and batch.tokens.shape == (32, 32)
     assert not batch.match.all(), "crowd captions must not match single-shape images, nor the reverse"
     opt = torch.optim.AdamW(train_clip.trainable_groups(model, 0.0), lr=3e-3)
-    losses = [train_clip.train_step(model, opt, batch) for _ in range(15)]
+    losses = [train_clip.train_step(model, opt, batch, precision=precision) for _ in range(15)]
     assert losses[-1] < 0.7 * losses[0]
-    assert len(train_clip.train_steps(model, opt, pool, steps=2, batch_size=8)) == 2
+    assert len(train_clip.train_steps(model, opt, pool, steps=2, batch_size=8, precision=precision)) == 2
 
 
 def test_match_matrix_counts_partial_captions_as_positives():
@@ -168,6 +169,14 @@ def test_shipped_shapes_clip_loads_through_open_clip_and_reads_held_out_renders(
     images, labels = world.render_dataset(100, seed=12345, split="held_out")
     accuracy = train_clip.zero_shot_accuracy(model, train_clip.Tokens(32), images, labels)
     assert min(accuracy[name] for name in world.ATTRIBUTES) >= 0.95, accuracy
+
+
+def test_shipped_shapes_clip_reads_held_out_combinations_in_every_evaluation_wording():
+    model = train_clip.load_shapes_clip(WEIGHTS / "shapes-clip")
+    scenes = world.sample_scenes(120, np.random.default_rng(54321), world.HELD_OUT_COMBOS)
+    accuracy = train_clip.wording_accuracy(model, train_clip.Tokens(32), scenes)
+    assert set(accuracy) == set(paraphrases.WORDINGS)
+    assert min(accuracy.values()) >= 0.85, accuracy
 
 
 def test_shapes_cnn_tower_builds_from_an_open_clip_config(tmp_path):
