@@ -209,26 +209,6 @@ def test_not_one_clean_shape_keeps_the_colours_but_spoils_the_shape():
     assert cut and all(min(s.x, s.y, world.IMAGE_SIZE - s.x, world.IMAGE_SIZE - s.y) < 0.4 * s.radius for s in cut)
 
 
-def test_hollow_shapes_keep_their_outline_and_lose_their_middle():
-    rng = np.random.default_rng(5)
-    scenes = world.sample_scenes(40, rng, world.TRAIN_COMBOS)
-    drawn = [not_one_clean_shape(scene, rng, kinds=("hollow",)) for scene in scenes]
-    images = draw_crowds([scene for scene, _ in drawn], [extras for _, extras in drawn])
-    clean = world.scenes_to_tensors(scenes)[0].float() / 255
-    for scene, image, before in zip(scenes, images, clean, strict=True):
-        x, y = min(max(int(scene.x), 0), 63), min(max(int(scene.y), 0), 63)
-        bg = torch.tensor(scene.bg, dtype=torch.float32) / 255
-        assert (image[:, y, x] - bg).abs().max() < 0.05  # the middle shows the background
-        kept = ((image - before).abs().amax(dim=0) < 0.05) & ((before - bg[:, None, None]).abs().amax(dim=0) > 0.25)
-        assert kept.sum() > 0.2 * ((before - bg[:, None, None]).abs().amax(dim=0) > 0.25).sum()  # the outline stays
-
-
-def test_clip_training_refuses_unknown_unclean_kinds(capsys):
-    with pytest.raises(SystemExit):
-        train_clip.main(["--unclean-kinds", "union,holow", "--out", "/nonexistent/never-written"])
-    assert "unknown --unclean-kinds: holow" in capsys.readouterr().err
-
-
 def test_clip_batches_pair_colour_swapped_twins_and_unname_messy_shapes():
     tokens = train_clip.Tokens(32)
     pool = train_clip.CaptionedPool(3000, seed=0, tokens=tokens, recolour_prob=0.0, crowd_prob=0.0,

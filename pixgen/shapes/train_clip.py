@@ -60,7 +60,6 @@ from torch import nn
 
 from pixgen.shapes import tower, world
 from pixgen.shapes.training import (
-    UNCLEAN_KINDS,
     augment_schedule,
     base_parser,
     cosine_lr,
@@ -226,7 +225,7 @@ class CaptionedPool:
 
     def __init__(self, n: int, seed: int, tokens: Tokens, split: str = "train", recolour_prob: float = 0.25,
                  crowd_prob: float = 0.2, mixed_prob: float = 0.5, messy_prob: float = 0.0, swap_prob: float = 0.0,
-                 filler_prob: float = 0.0, unclean_kinds: tuple[str, ...] = UNCLEAN_KINDS):
+                 filler_prob: float = 0.0):
         self.rng = np.random.default_rng(seed)
         self.gen = torch.Generator().manual_seed(seed)
         self.scenes = world.sample_scenes(n, self.rng, world.combos_for_split(split))
@@ -236,7 +235,6 @@ class CaptionedPool:
         self.crowd_prob = crowd_prob
         self.mixed_prob = mixed_prob  # share of crowds whose extra shapes take any shape and colour
         self.messy_prob = messy_prob  # share drawn as a merged blob, a bitten or a cut-off shape (shape unnamed)
-        self.unclean_kinds = unclean_kinds  # which of those (training.not_one_clean_shape)
         self.swap_prob = swap_prob  # share replaced by the colour-swapped twin of another image in the batch
         self.filler_prob = filler_prob  # share of captions padded with random unrelated words
         self.filler_ids = tokens.filler_ids() if filler_prob > 0 else None
@@ -274,7 +272,7 @@ class CaptionedPool:
                                        "background": scene.background, "size": scene.size})
             attrs = None
             if messy[i]:
-                scenes[i], extras[i] = not_one_clean_shape(scene, self.rng, self.unclean_kinds)
+                scenes[i], extras[i] = not_one_clean_shape(scene, self.rng)
                 truth[0] = -2  # matches no caption that names a shape
                 text = world.describe(colour=scene.colour, background=scene.background, rng=self.rng)
             elif recoloured[i]:
@@ -465,7 +463,7 @@ def load_shapes_clip(out: str | Path) -> torch.nn.Module:
 def train(out: str, steps: int, seed: int, n_images: int, batch_size: int, lr: float, recolour_prob: float,
           crowd_prob: float, aux: bool = True, eval_every: int = 100, threads: int = 2,
           messy_prob: float = 0.0, swap_prob: float = 0.0, filler_prob: float = 0.0,
-          precision: str = "bf16", unclean_kinds: tuple[str, ...] = UNCLEAN_KINDS) -> dict[str, float]:
+          precision: str = "bf16") -> dict[str, float]:
     """Train shapes-clip for a number of steps, print progress, write OUT.json and OUT.safetensors."""
     seed_everything(seed, threads)
     config_path = Path(out).with_suffix(".json")
@@ -475,7 +473,7 @@ def train(out: str, steps: int, seed: int, n_images: int, batch_size: int, lr: f
     tokens = Tokens(SHAPES_CLIP_CONFIG["text_cfg"]["context_length"])
     t0 = time.monotonic()
     pool = CaptionedPool(n_images, seed, tokens, "train", recolour_prob, crowd_prob, messy_prob=messy_prob,
-                         swap_prob=swap_prob, filler_prob=filler_prob, unclean_kinds=unclean_kinds)
+                         swap_prob=swap_prob, filler_prob=filler_prob)
     probe_x, probe_y = world.render_dataset(1000, seed + 1, "held_out")
     probe_scenes = world.sample_scenes(300, np.random.default_rng(seed + 1), world.HELD_OUT_COMBOS)
     log(f"rendered {n_images} training images in {time.monotonic() - t0:.1f}s")
@@ -523,19 +521,14 @@ def main(argv: list[str] | None = None) -> None:
                         help="fraction replaced by the colour-swapped twin of the image before it")
     parser.add_argument("--filler-prob", type=float, default=0.0,
                         help="fraction of captions padded with 1-2 random unrelated words (never evaluation words)")
-    parser.add_argument("--unclean-kinds", default=",".join(UNCLEAN_KINDS),
-                        help="comma-separated kinds of the --messy-prob share: union, bite, cut, hollow")
     parser.add_argument("--precision", choices=("bf16", "fp32"), default="bf16",
                         help="bf16 autocast (fast where the CPU has native bf16, ~12x slower without) or fp32")
     parser.add_argument("--no-aux", dest="aux", action="store_false", help="no auxiliary attribute heads")
     args = parser.parse_args(argv)
-    unknown = set(args.unclean_kinds.split(",")) - {"union", "bite", "cut", "hollow"}
-    if unknown:
-        parser.error(f"unknown --unclean-kinds: {', '.join(sorted(unknown))} (choose from union, bite, cut, hollow)")
     log(f"shapes-clip {json.dumps(SHAPES_CLIP_CONFIG)}  seed {args.seed}  steps {args.steps}")
     train(args.out, args.steps, args.seed, args.images, args.batch_size, args.lr, args.recolour_prob,
           args.crowd_prob, args.aux, threads=args.threads, messy_prob=args.messy_prob, swap_prob=args.swap_prob,
-          filler_prob=args.filler_prob, precision=args.precision, unclean_kinds=tuple(args.unclean_kinds.split(",")))
+          filler_prob=args.filler_prob, precision=args.precision)
 
 
 if __name__ == "__main__":

@@ -197,33 +197,20 @@ def messy_extras(scene: world.Scene, rng: np.random.Generator) -> tuple[list[wor
     return [biting_shape(scene, rng)], True
 
 
-def hollowing_shape(scene: world.Scene, rng: np.random.Generator) -> world.Scene:
-    """The same shape, smaller, in the background colour at the same centre: scene becomes an outline (a ring)."""
-    return replace(scene, radius=scene.radius * float(rng.uniform(0.35, 0.7)),
-                   fg=scene.bg or world.COLOURS[scene.background])
-
-
-UNCLEAN_KINDS = ("union", "bite", "cut")
-
-
-def not_one_clean_shape(scene: world.Scene, rng: np.random.Generator,
-                        kinds: tuple[str, ...] = UNCLEAN_KINDS) -> tuple[world.Scene, list[world.Scene]]:
+def not_one_clean_shape(scene: world.Scene, rng: np.random.Generator) -> tuple[world.Scene, list[world.Scene]]:
     """scene redrawn so it shows no clean shape though its colours hold, and the shapes to draw over it.
 
-    One of kinds: a merged blob ("union": an overlapping shape of the same colour), a bite (a
-    background-coloured shape over it), a cut-off shape ("cut": its centre moved to within 0.2 radii
-    of an edge, so a third to two thirds of it lies outside) or an outline ("hollow": a ring, a square
-    or triangle frame). These are what VQGAN+CLIP paints when a CLIP rewards a shape's parts or its
-    edges: shapes-clip learns them as negatives of every caption naming a shape. (Crowds are drawn
+    One of: a merged blob (an overlapping shape of the same colour), a bite (a background-coloured
+    shape over it) or a cut-off shape (its centre moved to within 0.2 radii of an edge, so a third
+    to two thirds of it lies outside). These are what VQGAN+CLIP paints when a CLIP rewards a shape's
+    parts: shapes-clip learns them as negatives of every caption naming a shape. (Crowds are drawn
     separately, see crowd_extras.)
     """
-    kind = kinds[int(rng.integers(len(kinds)))]
+    kind = ("union", "bite", "cut")[int(rng.integers(3))]
     if kind == "union":
         return scene, [merging_shape(scene, rng)]
     if kind == "bite":
         return scene, [biting_shape(scene, rng)]
-    if kind == "hollow":
-        return scene, [hollowing_shape(scene, rng)]
     past = scene.radius * rng.uniform(0.2, 0.6)  # the centre ends up within 0.2 radii of the edge, either side
     edge = int(rng.integers(4))
     x, y = scene.x, scene.y
