@@ -37,9 +37,9 @@ order; "against blue" names a background without the word. ``--filler-prob`` (of
 in the shipped weights) pads a share of the captions with one or two random words of the tokenizer's
 vocabulary that neither the world's grammar nor the evaluation wordings (``pixgen.shapes.paraphrases``)
 use ("a red pelican circle on a blue background"). Three CLIPs trained with 0.3 put the evaluation
-wordings' text closer to clean renders of their combination, but guided worse images: 24 of the first
-42 paraphrased prompts strictly right against 29 with the shipped CLIPs ("a red circle on green": 0
-of 6 against 4). Training runs under bf16 autocast (``--precision``), about 12x slower than fp32 on a
+wordings' text closer to clean renders of their combination, but guided worse images: 35 of 64
+paraphrased prompts strictly right against 39 with the shipped CLIPs ("a red circle on green": 0 of
+8 against 5). Training runs under bf16 autocast (``--precision``), about 12x slower than fp32 on a
 CPU without native bf16 (AVX512-BF16 or AMX). Zero-shot accuracy on
 held-out combinations is printed as training goes, for prompt families ("a circle" / "a red
 shape" / "a shape on a red background"), full-caption argmax over all 168 combinations, and count
