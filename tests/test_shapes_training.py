@@ -171,12 +171,16 @@ def test_shipped_shapes_clip_loads_through_open_clip_and_reads_held_out_renders(
     assert min(accuracy[name] for name in world.ATTRIBUTES) >= 0.95, accuracy
 
 
-def test_shipped_shapes_clip_reads_held_out_combinations_in_every_evaluation_wording():
-    model = train_clip.load_shapes_clip(WEIGHTS / "shapes-clip")
+def test_shipped_shapes_clip_reads_held_out_combinations_in_every_evaluation_wording(tmp_path):
     scenes = world.sample_scenes(120, np.random.default_rng(54321), world.HELD_OUT_COMBOS)
+    model = train_clip.load_shapes_clip(WEIGHTS / "shapes-clip")
     accuracy = train_clip.wording_accuracy(model, train_clip.Tokens(32), scenes)
     assert set(accuracy) == set(paraphrases.WORDINGS)
     assert min(accuracy.values()) >= 0.85, accuracy
+    config = tmp_path / "untrained-clip.json"
+    config.write_text(json.dumps(TINY_CLIP))
+    untrained = train_clip.wording_accuracy(train_clip.create_model(config), train_clip.Tokens(32), scenes)
+    assert max(untrained.values()) < 0.2, untrained  # chance is 1 in 168 combinations
 
 
 def test_shapes_cnn_tower_builds_from_an_open_clip_config(tmp_path):
