@@ -1,6 +1,7 @@
 """Tests for the shapes-world training scripts and the shipped judge and shapes-clip weights."""
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ from pixgen.shapes.training import (
     random_far_colour_pairs,
     save_fp16_safetensors,
 )
+from pixgen.shapes.vocabulary import FUNCTION_WORDS, KNOWN_WORDS
 
 WEIGHTS = Path(__file__).resolve().parent.parent / "pixgen" / "weights"
 TINY_CLIP = {
@@ -225,6 +227,18 @@ def test_clip_batches_pair_colour_swapped_twins_and_unname_messy_shapes():
     batch = messy.batch(32, augment_prob=0.0)
     assert (batch.labels[:, 0] == -100).all() and (batch.labels[:, 1:] >= 0).all()  # colours still known
     assert batch.match.diagonal().all()
+
+
+def test_every_word_of_the_training_grammar_is_known_to_the_vocabulary():
+    """Filler words exclude vocabulary.KNOWN_WORDS | FUNCTION_WORDS, and the off-world notice must not flag
+    the world's own words: both rely on these sets covering everything the caption grammar writes."""
+    rng = np.random.default_rng(0)
+    captions = [world.describe(*combo, size=size, rng=rng)
+                for combo in world.ALL_COMBOS for size in (None, *world.SIZE_WORDS) for _ in range(3)]
+    captions += [world.describe_crowd(*combo, rng=rng) for combo in world.ALL_COMBOS for _ in range(4)]
+    words = {word for text in captions for word in re.findall(r"[a-z]+", text.lower())}
+    assert {"circle", "background", "several"} <= words
+    assert not words - KNOWN_WORDS - FUNCTION_WORDS
 
 
 def test_filler_words_pad_captions_without_world_or_evaluation_words():
