@@ -156,6 +156,9 @@ def config_options(command):
         click.option("--negative", "negative_prompts", multiple=True, metavar="TEXT[:WEIGHT]",
                      help="Text to push the image away from, as hard as WEIGHT (default 1); repeatable. "
                           "Replaces the preset's negative prompts."),
+        click.option("--restate/--no-restate", default=None,
+                     help="With the bundled models: restate text prompts as the caption their CLIPs read "
+                          "them as (default on)."),
         click.option("--save-every", type=int, help="Save a progress frame every N steps (0: none)."),
         click.option("--gif/--no-gif", default=None, help="Write the progress GIF."),
         click.option("--device", type=DeviceName(), envvar="PIXGEN_DEVICE",
@@ -256,6 +259,9 @@ def report(result) -> None:
     if not result.completed:
         click.echo(f"Interrupted at step {result.steps_done}; partial results kept in {result.output_dir}. "
                    f"Continue with: pixgen resume {result.output_dir}", err=True)
+    for written, caption in result.read_as.items():
+        click.echo(f"read {written!r} as {caption!r} (the bundled models' caption wording; --no-restate keeps yours)",
+                   err=True)
     click.echo(f"image: {result.image_path}")
     if result.gif_path:
         click.echo(f"gif:   {result.gif_path}")
@@ -419,6 +425,22 @@ def export(folder, fmt, fps, output, overwrite) -> None:
     click.echo(export_animation(folder, fmt, fps, output, overwrite))
 
 
+def print_wording_scores(by_group: dict[str, dict]) -> None:
+    """Strict and forced-choice all-correct rates per wording, then the evaluation wordings against canonical."""
+    from pixgen.shapes.paraphrases import CANONICAL
+
+    for wording, scores in by_group.items():
+        click.echo(f"  {wording:26s} strict {scores['judge']:6.1%}  forced choice {scores['judge_forced_choice']:6.1%}"
+                   f"  ({scores['images']} images)")
+    others = [scores for wording, scores in by_group.items() if wording != CANONICAL]
+    if CANONICAL in by_group and others:
+        images = sum(s["images"] for s in others)
+        strict = sum(s["judge"] * s["images"] for s in others) / images
+        canonical = by_group[CANONICAL]["judge"]
+        click.echo(f"evaluation wordings, strict: {strict:.1%} against {canonical:.1%} in the canonical wording "
+                   f"(a gap of {(canonical - strict) * 100:.1f} points)")
+
+
 @cli.command("eval")
 @config_options
 @click.option("--prompts", "prompts_file", type=click.Path(dir_okay=False, path_type=Path),
@@ -443,13 +465,13 @@ def eval_command(prompts_file, paraphrases, seeds, output, overwrite, judge_spec
     from pixgen.models.factory import load_judge_model
     from pixgen.registry import load_registry
 
-    expected = None
+    expected = groups = None
     if paraphrases:
         if prompts_file is not None:
             raise ConfigProblem("give --prompts or --paraphrases, not both")
-        from pixgen.shapes.paraphrases import paraphrased_prompts
+        from pixgen.shapes.paraphrases import worded_prompts
 
-        prompts, expected = (list(column) for column in zip(*paraphrased_prompts(), strict=True))
+        groups, prompts, expected = (list(column) for column in zip(*worded_prompts(), strict=True))
     else:
         prompts = read_prompts(prompts_file)
     config = build_config(prompts[0], preset, config_file, overrides, **flags)
@@ -463,12 +485,14 @@ def eval_command(prompts_file, paraphrases, seeds, output, overwrite, judge_spec
                        f"{' '.join(verdict.judge.values())} [{verdict.seconds:.1f} s]")
 
     report = evaluate(config, prompts, seeds, output, judge=judge, overwrite=overwrite, on_image=show,
-                      expected=expected)
+                      expected=expected, groups=groups)
     for scorer, title in (("judge", "shapes-judge (independent), strict"),
                           ("judge_forced_choice", "shapes-judge, forced choice of circle/square/triangle"),
                           ("guiding_clip", "shapes-clip (guides generation)")):
         scores = ", ".join(f"{k} {v:.1%}" for k, v in report[scorer].items())
         click.echo(f"{title}: {scores}")
+    if report["by_group"]:
+        print_wording_scores(report["by_group"])
     click.echo(f"{report['images']} images, {report['seconds_per_image']:.2f} s per image (median); "
                f"report: {output / 'report.json'}, contact sheet: {output / 'contact-sheet.png'}")
 

@@ -40,6 +40,8 @@ class RunConfig:
     image_prompts: list[str] = field(default_factory=list)  # image files "path[:weight[:stop]]"
     noise_prompts: list[str] = field(default_factory=list)  # seeded random embeddings "seed[:weight]"
     negative_prompts: list[str] = field(default_factory=list)  # texts to push away from "text[:weight[:stop]]"
+    # With the bundled shapes-world CLIPs only: text prompts become the caption the CLIPs read them as
+    restate: bool = True
     size: list[int] = field(default_factory=lambda: [256, 256])  # output width, height in pixels
     steps: int = 300  # optimisation steps
     seed: int | None = None  # None draws a seed, which is then recorded with the output
@@ -73,6 +75,8 @@ class RunConfig:
 
 
 FIELD_NAMES = tuple(f.name for f in fields(RunConfig))
+# What a config recorded before a key existed meant (run.yaml, PNG recipes), so old runs resume and re-run exactly
+RECORDED_BEFORE_KEYS: dict[str, Any] = {"restate": False}
 
 
 def list_presets() -> list[str]:

@@ -5,6 +5,9 @@ what to save or print. Each step: quantise z (straight-through) -> decode -> cla
 -> cutouts + augmentations -> CLIP embeddings -> spherical-distance loss per prompt -> Adam
 step (constant or cosine-decayed learning rate) -> clamp z to the codebook's per-channel range.
 
+With the bundled shapes-world CLIPs, text prompts are first restated as the caption the CLIPs
+read them as (:mod:`pixgen.shapes.restate`); ``restate: false`` keeps them as written.
+
 Mixed precision (bf16/fp16 autocast) covers the decoder and the CLIP forward only; the quantiser,
 the image, the cutout grid (torch 2.14.1's CPU ``grid_sample`` is wrong in bf16), the loss and the
 optimiser stay fp32. ``precision: auto`` picks per device (:func:`resolve_precision`).
@@ -35,6 +38,7 @@ from pixgen.models.inference import prepare_for_device
 from pixgen.models.vqgan import VQGAN
 from pixgen.ops import clamp_to_codebook, latent_mse, prompt_loss, to_unit_range, vector_quantize
 from pixgen.prompts import Prompt, all_prompts
+from pixgen.shapes.restate import restate_prompts, restatements
 
 OPTIMIZERS = {
     "adam": lambda params, lr: torch.optim.Adam(params, lr=lr),
@@ -149,6 +153,20 @@ def embed_targets(clip: CLIPScorer, prompts: list[Prompt],
     return targets
 
 
+def run_prompts(config: RunConfig, clips: list[CLIPScorer]) -> list[Prompt]:
+    """Every prompt of a run in loss order; with ``config.restate``, text prompts restated for the
+    bundled models (:mod:`pixgen.shapes.restate`)."""
+    prompts = all_prompts(config.prompt, config.image_prompts, config.noise_prompts, config.negative_prompts)
+    return restate_prompts(prompts, config.clip, clips) if config.restate else prompts
+
+
+def read_as(config: RunConfig, clips: list[CLIPScorer]) -> dict[str, str]:
+    """Each text prompt of ``config`` that :func:`run_prompts` restates, mapped to the caption it becomes."""
+    if not config.restate:
+        return {}
+    return restatements(all_prompts(config.prompt, [], []), config.clip, clips)
+
+
 def noise_embedding(seed: int, dim: int) -> torch.Tensor:
     """A unit vector drawn from N(0, I) with its own seed (the same on every device)."""
     return F.normalize(torch.randn(dim, generator=torch.Generator().manual_seed(seed)), dim=0)
@@ -237,7 +255,7 @@ def generate(config: RunConfig, models: Models, *, init_image: torch.Tensor | No
     precision = run_precision(config.precision, device, vqgan)
     cast = autocast_factory(device, precision)
     prepare_for_device(vqgan, device, precision)
-    prompts = all_prompts(config.prompt, config.image_prompts, config.noise_prompts, config.negative_prompts)
+    prompts = run_prompts(config, models.clips)
     targets = [embed_targets(clip, prompts, prompt_images or {}) for clip in models.clips]
     specs = [cutout_spec(config, clip) for clip in models.clips]
 

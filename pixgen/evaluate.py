@@ -21,7 +21,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from pixgen.config import RunConfig, validate
-from pixgen.engine import generate
+from pixgen.engine import generate, read_as, run_prompts
 from pixgen.errors import ConfigError, InputError, OutputExists
 from pixgen.fileio import atomic_path, atomic_write_text
 from pixgen.models.clip import CLIPScorer
@@ -45,7 +45,9 @@ class Verdict:
     judge: dict[str, str]  # the strict reading: shape may be "other"
     judge_forced: dict[str, str]  # shape forced to circle, square or triangle
     clip: dict[str, str]
-    seconds: float
+    seconds: float  # to generate the image (for a repeat, what its first generation took)
+    read_as: str | None = None  # the caption the prompt was restated as (pixgen.shapes.restate), if it was
+    group: str | None = None  # e.g. the prompt's wording (pixgen eval --paraphrases)
 
     def correct(self, scorer: str) -> dict[str, bool]:
         """Per attribute the prompt names: did ``scorer`` ("judge", "judge_forced" or "clip") see it?"""
@@ -105,10 +107,13 @@ def check_prompts(base: RunConfig, prompts: list[str], expected: list[dict] | No
 
 def evaluate(base: RunConfig, prompts: list[str], seeds: int, output_dir: Path, *, judge,
              overwrite: bool = False, on_image: Callable[[Verdict], None] | None = None,
-             expected: list[dict] | None = None) -> dict:
+             expected: list[dict] | None = None, groups: list[str] | None = None) -> dict:
     """Generate and judge ``len(prompts) * seeds`` images; write images, report.json and a contact sheet.
 
-    ``expected`` gives the attributes each prompt names (default: read from the prompt's words).
+    ``expected`` gives the attributes each prompt names (default: read from the prompt's words);
+    ``groups`` names a group for each prompt (its wording), which the report scores apart too.
+    Prompts that the run restates alike (:mod:`pixgen.shapes.restate`) give the same image for a seed,
+    so each is generated once.
     """
     output_dir = Path(output_dir)
     if output_dir.exists() and not output_dir.is_dir():
@@ -119,18 +124,23 @@ def evaluate(base: RunConfig, prompts: list[str], seeds: int, output_dir: Path, 
     models, loaded = load_models(base)
     clip_scorer = ClipClassifier(models.clips[0])
     verdicts = []
+    generated: dict[tuple, tuple[torch.Tensor, float]] = {}  # (run prompts, seed) -> image, seconds
     for index, prompt in enumerate(prompts):
         for seed in range(seeds):
             config = replace(base, prompt=prompt, seed=seed)
-            start = time.perf_counter()
-            image = final_image(config, models)
-            seconds = time.perf_counter() - start
+            key = (tuple(run_prompts(config, models.clips)), seed)
+            if key not in generated:
+                start = time.perf_counter()
+                generated[key] = final_image(config, models), time.perf_counter() - start
+            image, seconds = generated[key]
             name = f"images/{index:03d}-{slugify(prompt, 40)}-s{seed}.png"
             save_png(output_dir / name, to_pixels(image), png_text(config, loaded, config.steps))
             (strict,), (forced,) = judge.predict_both(image)
             named = expected[index] if expected else parse_caption(prompt)
+            restated = read_as(config, models.clips).get(prompt)
             verdict = Verdict(prompt, seed, name, named, strict, forced,
-                              clip_scorer.predict(image)[0], round(seconds, 3))
+                              clip_scorer.predict(image)[0], round(seconds, 3), restated,
+                              groups[index] if groups else None)
             verdicts.append(verdict)
             if on_image is not None:
                 on_image(verdict)
@@ -151,6 +161,17 @@ def accuracy(verdicts: list[Verdict], scorer: str) -> dict[str, float]:
     return result
 
 
+def by_group(verdicts: list[Verdict]) -> dict[str, dict]:
+    """Images and all-correct rates (strict and forced choice) of each group, in order of appearance."""
+    groups: dict[str, list[Verdict]] = {}
+    for verdict in verdicts:
+        if verdict.group is not None:
+            groups.setdefault(verdict.group, []).append(verdict)
+    return {name: {"images": len(members), "judge": accuracy(members, "judge")["all"],
+                   "judge_forced_choice": accuracy(members, "judge_forced")["all"]}
+            for name, members in groups.items()}
+
+
 def summarise(base: RunConfig, verdicts: list[Verdict]) -> dict:
     """The report: accuracy by the judge (strict and forced choice) and the guiding CLIP, timing, every verdict."""
     seconds = [v.seconds for v in verdicts]
@@ -162,6 +183,7 @@ def summarise(base: RunConfig, verdicts: list[Verdict]) -> dict:
         "judge_forced_choice": accuracy(verdicts, "judge_forced"),
         "guiding_clip": accuracy(verdicts, "clip"),
         "seconds_per_image": float(np.median(seconds)) if seconds else 0.0,
+        "by_group": by_group(verdicts),
         "config": {k: v for k, v in asdict(base).items() if k not in ("prompt", "seed")},
         "verdicts": [asdict(v) for v in verdicts],
     }

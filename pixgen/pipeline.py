@@ -22,7 +22,14 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from pixgen.config import RunConfig, config_from_mapping, config_to_yaml, read_yaml_mapping, validate
+from pixgen.config import (
+    RECORDED_BEFORE_KEYS,
+    RunConfig,
+    config_from_mapping,
+    config_to_yaml,
+    read_yaml_mapping,
+    validate,
+)
 from pixgen.devices import pick_device
 from pixgen.engine import OPTIMIZERS, Models, Step, generate, latent_grid
 from pixgen.errors import InputError, OutOfMemory, OutputError, OutputExists
@@ -32,7 +39,7 @@ from pixgen.memory import check_memory, is_out_of_memory, out_of_memory_message
 from pixgen.models.factory import Loaded, load_clip, load_vqgan
 from pixgen.output import IMAGE_FORMATS, save_gif, save_image, save_png, to_pixels
 from pixgen.prompts import parse_image_prompts
-from pixgen.recipe import input_hashes, png_text
+from pixgen.recipe import input_hashes, png_text, prompts_read_as
 from pixgen.registry import load_registry
 
 __all__ = ["RunResult", "run", "resume_run", "load_models", "png_text", "export_animation", "slugify"]
@@ -59,6 +66,7 @@ class RunResult:
     frame_paths: list[Path] = field(default_factory=list)
     gif_path: Path | None = None
     loss: float | None = None
+    read_as: dict[str, str] = field(default_factory=dict)  # text prompts restated for the bundled models
 
 
 def slugify(text: str, limit: int = 48) -> str:
@@ -317,7 +325,8 @@ def _finish(job: Prepared, output_dir: Path, image_path: Path, last: Step, frame
         gif_path = output_dir / GIF_NAME
         gif_frames = [np.asarray(Image.open(path).convert("RGB")) for path in frames] + [pixels]
         save_gif(gif_path, gif_frames, config.gif_fps)
-    return RunResult(output_dir, image_path, config.seed, last.step, completed, frames, gif_path, last.loss)
+    return RunResult(output_dir, image_path, config.seed, last.step, completed, frames, gif_path, last.loss,
+                     prompts_read_as(config, job.loaded))
 
 
 def save_state(path: Path, step: Step) -> None:
@@ -369,7 +378,8 @@ def finite(tensor: torch.Tensor) -> bool:
 def read_run_config(output_dir: Path) -> RunConfig:
     """The config a run folder's ``run.yaml`` records, validated like any other config."""
     path = Path(output_dir) / CONFIG_NAME
-    return config_from_mapping(read_yaml_mapping(path, "run config"), f"run config {path}")
+    recorded = {**RECORDED_BEFORE_KEYS, **read_yaml_mapping(path, "run config")}
+    return config_from_mapping(recorded, f"run config {path}")
 
 
 def resume_run(output: Path, *, steps: int | None = None, on_step: Callable[[Step], None] | None = None,

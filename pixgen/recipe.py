@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from pixgen import __version__
-from pixgen.config import RunConfig, config_to_yaml
+from pixgen.config import RECORDED_BEFORE_KEYS, RunConfig, config_to_yaml
 from pixgen.downloads import sha256_file
 from pixgen.errors import InputError
 from pixgen.prompts import parse_image_prompts, parse_negative_prompts, parse_prompts
@@ -58,8 +58,21 @@ def png_text(config: RunConfig, loaded: list, steps_done: int, device: str | Non
                                        "precision": precision or precision_used(config, loaded, device)},
                                       sort_keys=False),
     }
-    text["parameters"] = parameters_text(config, loaded, steps_done, device or config.device)
+    read_as = prompts_read_as(config, loaded)
+    if read_as:
+        text["read_as"] = yaml.safe_dump(read_as, sort_keys=False, allow_unicode=True)
+    text["parameters"] = parameters_text(config, loaded, steps_done, device or config.device, read_as)
     return text
+
+
+def prompts_read_as(config: RunConfig, loaded: list) -> dict[str, str]:
+    """The run's text prompts that were restated for the bundled models, and what they became
+    (:func:`pixgen.engine.read_as`); ``loaded`` holds the VQGAN, then the CLIPs."""
+    from pixgen.engine import read_as
+
+    if len(loaded) != 1 + len(config.clip):
+        return {}
+    return read_as(config, [m.module for m in loaded[1:]])
 
 
 def precision_used(config: RunConfig, loaded: list, device: str | None = None) -> str:
@@ -73,7 +86,8 @@ def precision_used(config: RunConfig, loaded: list, device: str | None = None) -
                          loaded[0].module if loaded else None)
 
 
-def parameters_text(config: RunConfig, loaded: list, steps_done: int, device: str) -> str:
+def parameters_text(config: RunConfig, loaded: list, steps_done: int, device: str,
+                    read_as: dict[str, str] | None = None) -> str:
     """The recipe in the layout image viewers read (A1111 ``parameters``): prompt, negatives, ``Key: value``."""
     prompts = parse_prompts(config.prompt)
     positive = " | ".join(_weighted(p) for p in prompts if p.weight > 0)
@@ -90,6 +104,7 @@ def parameters_text(config: RunConfig, loaded: list, steps_done: int, device: st
         "Init weight": config.init_weight or None,
         "Image prompts": " | ".join(config.image_prompts) or None,
         "Noise prompts": " | ".join(getattr(config, "noise_prompts", []) or []) or None,
+        "Read as": " | ".join((read_as or {}).values()) or None,
         "Precision": config.precision, "Device": device, "Version": f"pixgen {__version__}",
     }
     line = ", ".join(f"{key}: {_quoted(value)}" for key, value in settings.items() if value is not None)
@@ -128,7 +143,7 @@ def read_recipe(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
         raise InputError(f"the recipe in {path} is not valid YAML") from None
     if not isinstance(config, dict) or not isinstance(inputs, dict):
         raise InputError(f"the recipe in {path} is not a pixgen recipe")
-    return config, {str(k): str(v) for k, v in inputs.items()}
+    return {**RECORDED_BEFORE_KEYS, **config}, {str(k): str(v) for k, v in inputs.items()}
 
 
 def check_inputs(config: RunConfig, recorded: dict[str, str], source: Path) -> None:

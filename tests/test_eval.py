@@ -81,16 +81,19 @@ def test_paraphrase_wordings_never_come_out_of_the_training_grammar():
 def test_eval_paraphrases_scores_against_the_combination_not_the_words(tmp_path, tiny_preset, monkeypatch):
     from pixgen.shapes import paraphrases, world
 
-    one_combo = paraphrases.paraphrased_prompts(world.HELD_OUT_COMBOS[:1])
-    monkeypatch.setattr(paraphrases, "paraphrased_prompts", lambda: one_combo)
+    one_combo = paraphrases.worded_prompts(world.HELD_OUT_COMBOS[:1])
+    monkeypatch.setattr(paraphrases, "worded_prompts", lambda: one_combo)
     out = tmp_path / "eval"
     result = CliRunner().invoke(cli, ["eval", "--paraphrases", "--preset", str(tiny_preset), "--seeds", "1",
                                       "--steps", "1", "-o", str(out), "-q"])
     assert result.exit_code == 0, result.output
     report = json.loads((out / "report.json").read_text())
     shape, colour, background = world.HELD_OUT_COMBOS[0]
-    assert report["images"] == 8
-    assert {v["prompt"] for v in report["verdicts"]} == {p for p, _ in one_combo}
+    assert report["images"] == 9  # the canonical wording, then the 8 evaluation wordings
+    assert [v["prompt"] for v in report["verdicts"]] == [p for _, p, _ in one_combo]
+    assert list(report["by_group"]) == ["canonical", *paraphrases.WORDINGS]
+    assert all(group["images"] == 1 and group["judge"] in (0, 1) for group in report["by_group"].values())
+    assert "evaluation wordings, strict:" in result.output and "points)" in result.output
     assert all(v["expected"] == {"shape": shape, "colour": colour, "background": background, "size": None}
                for v in report["verdicts"])
     both = CliRunner().invoke(cli, ["eval", "--paraphrases", "--prompts", str(tmp_path / "x.txt")])

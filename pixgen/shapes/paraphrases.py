@@ -9,7 +9,7 @@ A test checks that no wording here can come out of the training grammar.
 
 from __future__ import annotations
 
-from pixgen.shapes.world import HELD_OUT_COMBOS, Combo
+from pixgen.shapes.world import HELD_OUT_COMBOS, Combo, describe
 
 # One template per kind of change the grammar never makes; {c} colour, {s} shape, {b} background.
 WORDINGS: dict[str, str] = {
@@ -29,6 +29,20 @@ def phrase(wording: str, combo: Combo) -> str:
     shape, colour, background = combo
     return WORDINGS[wording].format(s=shape, c=colour, b=background, S=shape.title(), C=colour.title(),
                                     B=background.title())
+
+
+CANONICAL = "canonical"  # the training grammar's own wording (world.describe), the reference for the others
+
+
+def worded_prompts(combos: list[Combo] | None = None) -> list[tuple[str, str, dict[str, str | None]]]:
+    """Every held-out combination in the canonical wording, then in every evaluation wording:
+    (wording, prompt, the attributes it names)."""
+    result = []
+    for combo in combos or HELD_OUT_COMBOS:
+        expected = {"shape": combo[0], "colour": combo[1], "background": combo[2], "size": None}
+        result.append((CANONICAL, describe(*combo), expected))
+        result += [(wording, phrase(wording, combo), expected) for wording in WORDINGS]
+    return result
 
 
 def paraphrased_prompts(combos: list[Combo] | None = None) -> list[tuple[str, dict[str, str | None]]]:
