@@ -47,8 +47,4 @@ def worded_prompts(combos: list[Combo] | None = None) -> list[tuple[str, str, di
 
 def paraphrased_prompts(combos: list[Combo] | None = None) -> list[tuple[str, dict[str, str | None]]]:
     """Every held-out combination in every evaluation wording, with the attributes it names."""
-    result = []
-    for combo in combos or HELD_OUT_COMBOS:
-        expected = {"shape": combo[0], "colour": combo[1], "background": combo[2], "size": None}
-        result += [(phrase(wording, combo), expected) for wording in WORDINGS]
-    return result
+    return [(prompt, expected) for wording, prompt, expected in worded_prompts(combos) if wording != CANONICAL]
