@@ -190,9 +190,11 @@ def resolve_config(preset: str = DEFAULT_PRESET, config_file: Path | None = None
 
 
 def config_from_mapping(data: Any, source: str) -> RunConfig:
-    """A complete config from a mapping read back from disk (``run.yaml``, a PNG recipe), validated."""
+    """A complete config from a mapping read back from disk (``run.yaml``, a PNG recipe), validated;
+    keys it lacks mean what they meant before they existed (``RECORDED_BEFORE_KEYS``)."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source} is not a pixgen run config (expected a mapping of settings)")
+    data = {**RECORDED_BEFORE_KEYS, **data}
     config = RunConfig(**OmegaConf.to_container(_merge_layer(OmegaConf.structured(RunConfig), data, source)))
     validate(config)
     return config

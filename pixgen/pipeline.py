@@ -22,14 +22,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from pixgen.config import (
-    RECORDED_BEFORE_KEYS,
-    RunConfig,
-    config_from_mapping,
-    config_to_yaml,
-    read_yaml_mapping,
-    validate,
-)
+from pixgen.config import RunConfig, config_from_mapping, config_to_yaml, read_yaml_mapping, validate
 from pixgen.devices import pick_device
 from pixgen.engine import OPTIMIZERS, Models, Step, generate, latent_grid
 from pixgen.errors import InputError, OutOfMemory, OutputError, OutputExists
@@ -378,8 +371,7 @@ def finite(tensor: torch.Tensor) -> bool:
 def read_run_config(output_dir: Path) -> RunConfig:
     """The config a run folder's ``run.yaml`` records, validated like any other config."""
     path = Path(output_dir) / CONFIG_NAME
-    recorded = {**RECORDED_BEFORE_KEYS, **read_yaml_mapping(path, "run config")}
-    return config_from_mapping(recorded, f"run config {path}")
+    return config_from_mapping(read_yaml_mapping(path, "run config"), f"run config {path}")
 
 
 def resume_run(output: Path, *, steps: int | None = None, on_step: Callable[[Step], None] | None = None,

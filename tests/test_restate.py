@@ -12,7 +12,7 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from pixgen.cli import cli
-from pixgen.config import resolve_config
+from pixgen.config import config_from_mapping, resolve_config
 from pixgen.engine import read_as, run_prompts
 from pixgen.models.factory import load_clip
 from pixgen.pipeline import read_run_config
@@ -103,6 +103,7 @@ def test_runs_recorded_before_restating_existed_resume_and_rerun_as_written(tmp_
     assert read_run_config(folder).restate is False
     (folder / "run.yaml").write_text(yaml.safe_dump({**recorded, "restate": True}))
     assert read_run_config(folder).restate is True
+    assert config_from_mapping(recorded, "an animation's run.yaml").restate is False  # what resume_animation reads
 
     old_png = tmp_path / "old.png"
     info = PngInfo()
