@@ -37,7 +37,7 @@ from pixgen.inits import INIT_METHODS
 from pixgen.motion import blend, transform
 from pixgen.output import save_gif, save_png, save_video, to_pixels
 from pixgen.pipeline import CONFIG_NAME, FRAMES_DIR, default_output_dir, prepare
-from pixgen.recipe import png_text
+from pixgen.recipe import png_text, prompts_read_as
 
 STATE_NAME = "animation-state.pt"
 VIDEO_NAME = "animation.mp4"
@@ -109,6 +109,7 @@ class AnimationResult:
     frame_paths: list[Path]
     video_path: Path | None = None
     gif_path: Path | None = None
+    read_as: dict[str, str] = field(default_factory=dict)  # this session's frame prompts restated (bundled models)
 
 
 def _whole(value: Any, name: str, low: int, high: int | None = None) -> int:
@@ -299,6 +300,7 @@ def animate(config: RunConfig, plan: Plan, output_dir: Path | None = None, *, ov
     total, start = plan.settings.frames, (resume or {}).get("frame", -1) + 1
     paths = [frame_path(output_dir, f) for f in range(start)]
     z = resume["z"].to(models.device) if start > 0 else None
+    read_as: dict[str, str] = {}
     try:
         for frame in range(start, total):
             began = time.perf_counter()
@@ -313,6 +315,7 @@ def animate(config: RunConfig, plan: Plan, output_dir: Path | None = None, *, ov
                 pixels = to_pixels(synth(z, models.vqgan))
             text = {**png_text(frame_cfg, job.loaded, frame_cfg.steps, str(models.device), job.inputs),
                     "frame": str(frame), "frames": str(total)}
+            read_as |= prompts_read_as(frame_cfg, job.loaded)
             paths.append(frame_path(output_dir, frame))
             save_png(paths[-1], pixels, text)
             save_animation_state(output_dir / STATE_NAME, frame, z, last)
@@ -320,8 +323,8 @@ def animate(config: RunConfig, plan: Plan, output_dir: Path | None = None, *, ov
                 on_frame(FrameDone(frame, total, paths[-1], frame_cfg.prompt, time.perf_counter() - began))
         video, gif = write_videos(output_dir, paths, plan.settings)
     except KeyboardInterrupt:  # completed frames and their state are kept; resume redoes the rest
-        return AnimationResult(output_dir, config.seed, len(paths), False, paths)
-    return AnimationResult(output_dir, config.seed, total, True, paths, video, gif)
+        return AnimationResult(output_dir, config.seed, len(paths), False, paths, read_as=read_as)
+    return AnimationResult(output_dir, config.seed, total, True, paths, video, gif, read_as)
 
 
 def is_animation_folder(folder: Path) -> bool:

@@ -254,14 +254,19 @@ def run_with_progress(start, quiet: bool) -> None:
         sys.exit(130)
 
 
+def print_read_as(read_as: dict[str, str]) -> None:
+    """One line per prompt restated for the bundled models."""
+    for written, caption in read_as.items():
+        click.echo(f"read {written!r} as {caption!r} (the bundled models' caption wording; --no-restate keeps yours)",
+                   err=True)
+
+
 def report(result) -> None:
     """Print where a run's outputs went."""
     if not result.completed:
         click.echo(f"Interrupted at step {result.steps_done}; partial results kept in {result.output_dir}. "
                    f"Continue with: pixgen resume {result.output_dir}", err=True)
-    for written, caption in result.read_as.items():
-        click.echo(f"read {written!r} as {caption!r} (the bundled models' caption wording; --no-restate keeps yours)",
-                   err=True)
+    print_read_as(result.read_as)
     click.echo(f"image: {result.image_path}")
     if result.gif_path:
         click.echo(f"gif:   {result.gif_path}")
@@ -333,6 +338,7 @@ def animate_with_progress(start, quiet: bool) -> None:
         result = start(progress)
     finally:
         progress.close()
+    print_read_as(result.read_as)
     if not result.completed:
         click.echo(f"Interrupted after {result.frames_done} frame(s); kept in {result.output_dir}. "
                    f"Continue with: pixgen resume {result.output_dir}", err=True)

@@ -125,3 +125,19 @@ def test_eval_generates_prompts_restated_alike_once_and_reports_what_each_was_re
     assert first["seconds"] == second["seconds"]
     with Image.open(out / first["image"]) as a, Image.open(out / second["image"]) as b:
         assert np.array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_an_animation_restates_each_story_prompt_and_says_so(tmp_path, monkeypatch):
+    monkeypatch.delenv("PIXGEN_REGISTRY")
+    out = tmp_path / "anim"
+    result = CliRunner().invoke(cli, ["--offline", "animate", f"{PARAPHRASE} ^ a blue square", "--frames", "2",
+                                      "--steps-per-frame", "1", "--first-frame-steps", "1", "--seed", "1",
+                                      "-o", str(out), "-q"])
+    assert result.exit_code == 0, result.output
+    assert f"read {PARAPHRASE!r} as {CANONICAL!r}" in result.output
+    assert "read 'a blue square'" not in result.output  # already the grammar's wording
+    first, second = sorted((out / "frames").glob("*.png"))
+    with Image.open(first) as image:
+        assert yaml.safe_load(image.text["read_as"]) == {PARAPHRASE: CANONICAL}
+    with Image.open(second) as image:
+        assert "read_as" not in image.text
