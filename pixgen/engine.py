@@ -38,7 +38,7 @@ from pixgen.models.inference import prepare_for_device
 from pixgen.models.vqgan import VQGAN
 from pixgen.ops import clamp_to_codebook, latent_mse, prompt_loss, to_unit_range, vector_quantize
 from pixgen.prompts import Prompt, all_prompts
-from pixgen.shapes.restate import restate_prompts, restatements
+from pixgen.shapes.restate import restate_prompts
 
 OPTIMIZERS = {
     "adam": lambda params, lr: torch.optim.Adam(params, lr=lr),
@@ -162,9 +162,9 @@ def run_prompts(config: RunConfig, clips: list[CLIPScorer]) -> list[Prompt]:
 
 def read_as(config: RunConfig, clips: list[CLIPScorer]) -> dict[str, str]:
     """Each text prompt of ``config`` that :func:`run_prompts` restates, mapped to the caption it becomes."""
-    if not config.restate:
-        return {}
-    return restatements(all_prompts(config.prompt, [], []), config.clip, clips)
+    written = all_prompts(config.prompt, [], [])
+    restated = restate_prompts(written, config.clip, clips) if config.restate else written
+    return {w.source: r.source for w, r in zip(written, restated, strict=True) if w.source != r.source}
 
 
 def noise_embedding(seed: int, dim: int) -> torch.Tensor:

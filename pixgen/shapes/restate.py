@@ -94,8 +94,3 @@ def restate_prompts(prompts: list[Prompt], clip_names: list[str], clips: list[CL
         return prompts
     return [replace(p, source=read_caption(p.source, clips)) if _restatable(p) else p for p in prompts]
 
-
-def restatements(prompts: list[Prompt], clip_names: list[str], clips: list[CLIPScorer]) -> dict[str, str]:
-    """Each text prompt that :func:`restate_prompts` changes, mapped to the caption it becomes."""
-    restated = restate_prompts(prompts, clip_names, clips)
-    return {old.source: new.source for old, new in zip(prompts, restated, strict=True) if old.source != new.source}
