@@ -78,7 +78,7 @@ def test_decoder_gives_the_stock_image_in_fp32_also_channels_last_as_on_cuda():
     stock_decoder.load_state_dict(vqgan.decoder.state_dict())
     quantized = vector_quantize(z, vqgan.codebook)
     stock = (stock_decoder(vqgan.post_quant_conv(quantized)).add(1).div(2)).clamp(0, 1)
-    torch.testing.assert_close(synth(z, vqgan), stock, atol=1e-6, rtol=0)
+    torch.testing.assert_close(synth(z, vqgan), stock, atol=1e-5, rtol=0)  # silu vs x*sigmoid(x): ~1e-6 rounding
     for device, precision in (("cpu", "bf16"), ("cpu", "fp32"), ("cuda", "bf16")):  # each layout it gets
         fast = prepare_for_device(copy.deepcopy(vqgan), device, precision)
         channels_last = fast.decoder.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
