@@ -16,8 +16,10 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 run: $(VENV)/.installed
 	$(VENV)/bin/pixgen run "$(PROMPT)" $(ARGS)
 
+# ruff, then the import contracts in .importlinter (layers flow one way, nothing imports a model pack)
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check pixgen tests benchmarks
+	$(VENV)/bin/lint-imports --no-cache
 
 # pytest exits 5 when it collected no tests: that is a failure here.
 test: $(VENV)/.installed lint
@@ -32,4 +34,4 @@ clean-venv:
 
 # After retraining a bundled model: write the weights' sha256 into checkpoints.yaml.
 weights-hashes: $(VENV)/.installed
-	$(PY) -m pixgen.shapes.register_hashes
+	$(PY) -m pixgen.packs.shapes.register_hashes

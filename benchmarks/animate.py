@@ -16,10 +16,10 @@ import statistics
 import tempfile
 import time
 
-import pixgen.animate as animate_module
-from pixgen.animate import animate, animation_settings
+import pixgen.animation.animate as animate_module
+from pixgen.animation.animate import animate, animation_settings
 from pixgen.config import resolve_config
-from pixgen.pipeline import load_models
+from pixgen.pipeline.runner import load_models
 
 STORY = "a red circle on a blue background ^ a yellow square on a green background"
 

@@ -21,14 +21,14 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from pixgen.animate import animate, animation_settings
-from pixgen.coherence import coherence, read_animation_frames
+from pixgen.animation.animate import animate, animation_settings
 from pixgen.config import resolve_config
-from pixgen.evaluate import final_image
+from pixgen.evaluation.coherence import coherence, read_animation_frames
+from pixgen.evaluation.fidelity import eval_world, final_image
 from pixgen.models.factory import load_judge_model
-from pixgen.output import to_pixels
-from pixgen.pipeline import load_models
-from pixgen.registry import load_registry
+from pixgen.models.registry import load_registry
+from pixgen.pipeline.output import to_pixels
+from pixgen.pipeline.runner import load_models
 
 STORY = "a red circle on a blue background ^ a yellow square on a green background"
 
@@ -43,7 +43,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("outputs/coherence"))
     args = parser.parse_args()
 
-    judge = load_judge_model("shapes-judge", load_registry()).module
+    registry = load_registry()
+    judge, world = load_judge_model("shapes-judge", registry).module, eval_world("shapes-judge", registry)
     report = {}
     for name, smooth in (("animate", 0.0), (f"animate --smooth {args.smooth}", args.smooth)):
         plan = animation_settings(STORY, frames=args.frames, steps_per_frame=args.steps_per_frame,
@@ -51,7 +52,7 @@ def main() -> None:
         config = resolve_config(args.preset, flags={"prompt": plan.segments[0].prompt, "seed": 0})
         folder = args.out / f"smooth-{smooth:g}"
         animate(config, plan, folder, overwrite=True)
-        report[name] = coherence(*read_animation_frames(folder), judge)
+        report[name] = coherence(*read_animation_frames(folder), judge, world)
         print(name, report[name], flush=True)
 
     plan = animation_settings(STORY, frames=args.frames)
@@ -60,7 +61,7 @@ def main() -> None:
     prompts = [plan.prompt(frame) for frame in range(args.frames)]
     frames = [to_pixels(final_image(replace(base, prompt=prompt, seed=frame), models))
               for frame, prompt in enumerate(prompts)]
-    report["from scratch"] = coherence(frames, prompts, judge)
+    report["from scratch"] = coherence(frames, prompts, judge, world)
     print("from scratch", report["from scratch"], flush=True)
 
     args.out.mkdir(parents=True, exist_ok=True)

@@ -24,12 +24,12 @@ import torch
 from reference_loop import ReferenceLoop, stock_vqgan
 
 from pixgen.config import resolve_config
-from pixgen.evaluate import Verdict, accuracy, final_image
+from pixgen.engine.ops import clamp_with_grad, vector_quantize
+from pixgen.evaluation.fidelity import Verdict, accuracy, final_image
 from pixgen.models.factory import load_judge_model
-from pixgen.ops import clamp_with_grad, vector_quantize
-from pixgen.pipeline import load_models
-from pixgen.registry import load_registry
-from pixgen.shapes.world import held_out_prompts, parse_caption
+from pixgen.models.registry import load_registry
+from pixgen.packs.shapes.world import held_out_prompts, parse_caption
+from pixgen.pipeline.runner import load_models
 
 REFERENCE_CUTS = 32  # generate.py's default cutn
 REFERENCE_LR = 0.1  # generate.py's default step size

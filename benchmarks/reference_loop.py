@@ -5,7 +5,7 @@ A faithful re-statement, in torch only, of the loop most VQGAN+CLIP users run (n
 model objects pixgen uses but with the CLIP left stock (open_clip as loaded, no rewrites):
 
 - 32 views of the *whole* image, each ``(adaptive_avg_pool + adaptive_max_pool) / 2`` to 224;
-- kornia-style augmentations on the batch (``pixgen.augment``, where pixgen's own ``augment_*``
+- kornia-style augmentations on the batch (``pixgen.engine.augment``, where pixgen's own ``augment_*``
   settings come from), each with p = 0.7 per view: affine (+-15 deg rotation,
   10 % translation, +-5 deg shear, zero padding), perspective (distortion 0.7), colour jitter
   (saturation 0.1, hue 0.1), random erasing (10-40 % of the area, aspect 0.3-3.3, the same box
@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pixgen.augment import colour_jitter, erase_mask, random_affine, random_perspective
-from pixgen.ops import clamp_with_grad, spherical_distance, vector_quantize
+from pixgen.engine.augment import colour_jitter, erase_mask, random_affine, random_perspective
+from pixgen.engine.ops import clamp_with_grad, spherical_distance, vector_quantize
 
 P = 0.7  # probability of each augmentation per view (kornia's p in generate.py)
 

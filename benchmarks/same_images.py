@@ -28,10 +28,11 @@ jobs:
 """
 
 
-def pixgen(tree: Path, *args: str) -> None:
-    """Run one pixgen command from ``tree``'s source, offline and quiet."""
+def pixgen(tree: Path, scratch: Path, *args: str) -> None:
+    """Run one pixgen command from ``tree``'s source, offline and quiet, in ``scratch``: paths are
+    relative to it, so the recipes the PNGs record are the same whichever folder it is."""
     env = {**os.environ, "PYTHONPATH": str(tree), "PIXGEN_OFFLINE": "1"}
-    subprocess.run([sys.executable, "-m", "pixgen", *args], cwd=tree, env=env, check=True,
+    subprocess.run([sys.executable, "-m", "pixgen", *args], cwd=scratch, env=env, check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
@@ -59,17 +60,17 @@ def main() -> None:
     result = {}
     with tempfile.TemporaryDirectory() as scratch:
         out = Path(scratch)
-        pixgen(tree, "run", "a yellow triangle on a purple background", "--seed", "0", "-o", str(out / "default"))
+        pixgen(tree, out, "run", "a yellow triangle on a purple background", "--seed", "0", "-o", "default")
         result["default run"] = digests(out / "default", "image.png")
-        prompt_png = image_prompt(out / "prompt.png")
-        pixgen(tree, "run", "a square", "--image-prompt", f"{prompt_png}:0.5", "--seed", "1", "--steps", "40",
-               "-o", str(out / "image-prompt"))
+        image_prompt(out / "prompt.png")
+        pixgen(tree, out, "run", "a square", "--image-prompt", "prompt.png:0.5", "--seed", "1", "--steps", "40",
+               "-o", "image-prompt")
         result["image prompt"] = digests(out / "image-prompt", "image.png")
-        pixgen(tree, "animate", "a red circle ^ a blue square", "--frames", "6", "--first-frame-steps", "20",
-               "--steps-per-frame", "5", "--zoom", "1.05", "--seed", "2", "-o", str(out / "animation"))
+        pixgen(tree, out, "animate", "a red circle ^ a blue square", "--frames", "6", "--first-frame-steps", "20",
+               "--steps-per-frame", "5", "--zoom", "1.05", "--seed", "2", "-o", "animation")
         result["6-frame animation"] = digests(out / "animation", "frames/*.png")
         (out / "two.yaml").write_text(MANIFEST, encoding="utf-8")
-        pixgen(tree, "batch", str(out / "two.yaml"), "-o", str(out / "batch"))
+        pixgen(tree, out, "batch", "two.yaml", "-o", "batch")
         result["2-job batch"] = digests(out / "batch", "*/image.png")
     print(json.dumps(result, indent=1, sort_keys=True))
 

@@ -29,13 +29,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from reference_loop import ReferenceLoop, stock_vqgan  # noqa: E402
 
 from pixgen.config import RunConfig, validate  # noqa: E402
-from pixgen.devices import pick_device  # noqa: E402
-from pixgen.engine import Models, generate, run_precision  # noqa: E402
+from pixgen.engine.loop import Models, generate, run_precision  # noqa: E402
 from pixgen.models.clip import CLIPScorer  # noqa: E402
 from pixgen.models.factory import OPENAI_MEAN, OPENAI_STD  # noqa: E402
 from pixgen.models.inference import linear  # noqa: E402
+from pixgen.models.registry import load_registry  # noqa: E402
 from pixgen.models.vqgan import VQGAN, VQGANConfig  # noqa: E402
-from pixgen.registry import load_registry  # noqa: E402
+from pixgen.pipeline.devices import pick_device  # noqa: E402
 
 VARIANTS = ("pixgen-default", "pixgen-fp32", "reference")
 PROMPT = "a watercolour painting of a lighthouse"

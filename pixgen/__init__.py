@@ -12,8 +12,8 @@ __all__ = ["render", "render_steps", "run", "resume_run", "resolve_config", "Run
            "__version__"]
 
 _LAZY = {
-    "render": "pixgen.api", "render_steps": "pixgen.api",
-    "run": "pixgen.pipeline", "resume_run": "pixgen.pipeline",
+    "render": "pixgen.pipeline.api", "render_steps": "pixgen.pipeline.api",
+    "run": "pixgen.pipeline.runner", "resume_run": "pixgen.pipeline.runner",
     "resolve_config": "pixgen.config", "RunConfig": "pixgen.config",
     "PixgenError": "pixgen.errors",
 }

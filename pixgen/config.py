@@ -26,7 +26,7 @@ INITS = ("random", "image", "pixels", "gradient", "perlin")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEVICE_KINDS = ("auto", "cpu", "cuda", "mps")  # cuda may carry an index: cuda:N
 # Upper limits, far above what a run needs, that stop a typo from asking for gigabytes
-# before pixgen's memory estimate (pixgen.memory) gets a say.
+# before pixgen's memory estimate (pixgen.pipeline.memory) gets a say.
 MAX_SIDE = 4096  # pixels per side
 MAX_CUT_COUNT = 256  # cutouts per step and CLIP model
 MAX_STEPS = 100_000

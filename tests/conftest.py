@@ -59,7 +59,7 @@ def isolated_env(tmp_path, monkeypatch, tiny_registry):
     monkeypatch.setenv("PIXGEN_HOME", str(tmp_path / "pixgen-home"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("PIXGEN_REGISTRY", str(tiny_registry))
-    from pixgen import pipeline
+    from pixgen.pipeline import runner as pipeline
 
     pipeline._load_vqgan_cached.cache_clear()
     pipeline._load_clip_cached.cache_clear()

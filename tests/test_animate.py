@@ -19,9 +19,9 @@ from PIL import Image
 
 import pixgen
 from pixgen.cli import cli
-from pixgen.output import read_png_text
+from pixgen.pipeline.output import read_png_text
 
-SHAPES_VQGAN = Path(pixgen.__file__).parent / "weights" / "shapes-vqgan.safetensors"
+SHAPES_VQGAN = Path(pixgen.__file__).parent / "packs" / "shapes" / "weights" / "shapes-vqgan.safetensors"
 
 
 def invoke(*args):
@@ -29,7 +29,7 @@ def invoke(*args):
 
 
 def plan_and_config(tiny_preset, story, seed=3, **settings):
-    from pixgen.animate import animation_settings
+    from pixgen.animation.animate import animation_settings
     from pixgen.config import resolve_config
 
     plan = animation_settings(story, **settings)
@@ -115,7 +115,7 @@ def test_pan_moves_a_marker_by_the_requested_pixels(tmp_path, tiny_preset):
 
 
 def test_animation_outputs_metadata_videos_and_models_loaded_once(tmp_path, tiny_preset, monkeypatch):
-    from pixgen import pipeline
+    from pixgen.pipeline import runner as pipeline
 
     loads = {"vqgan": 0, "clip": 0}
     for kind in loads:
@@ -162,7 +162,7 @@ def test_animation_outputs_metadata_videos_and_models_loaded_once(tmp_path, tiny
 
 
 def test_resume_after_ctrl_c_gives_byte_identical_frames(tmp_path, tiny_preset):
-    from pixgen.animate import animate, is_animation_folder, resume_animation
+    from pixgen.animation.animate import animate, is_animation_folder, resume_animation
 
     plan, config = plan_and_config(tiny_preset, "a red circle ^ a blue square", frames=5, steps_per_frame=2,
                                    first_frame_steps=2, zoom=1.05, rotate=2, pan="1,0", smooth=0.3)
@@ -198,7 +198,7 @@ def test_resume_after_ctrl_c_gives_byte_identical_frames(tmp_path, tiny_preset):
 
 
 def test_resume_after_kill_9_gives_byte_identical_frames(tmp_path, tiny_preset):
-    from pixgen.animate import animate
+    from pixgen.animation.animate import animate
 
     story, frames = "a red circle ^ a green triangle", 24
     plan, config = plan_and_config(tiny_preset, story, frames=frames, steps_per_frame=3, first_frame_steps=3,
@@ -228,7 +228,7 @@ def test_resume_after_kill_9_gives_byte_identical_frames(tmp_path, tiny_preset):
 
 
 def test_transform_pans_by_whole_pixels_and_rotates_counter_clockwise():
-    from pixgen.motion import transform
+    from pixgen.animation.motion import transform
 
     image = torch.rand(1, 3, 12, 16, generator=torch.Generator().manual_seed(0))
     moved = transform(image, pan=(2.0, -1.0))  # content 2 px right, 1 px up
@@ -241,7 +241,8 @@ def test_transform_pans_by_whole_pixels_and_rotates_counter_clockwise():
 
 
 def test_coherence_measures_change_and_judge_agreement():
-    from pixgen.coherence import coherence, dominant_prompt, frame_changes
+    from pixgen.evaluation.coherence import coherence, dominant_prompt, frame_changes
+    from pixgen.packs.shapes.eval_world import ShapesWorld
 
     still = np.zeros((8, 8, 3), np.uint8)
     frames = [still, still + 51, still + 51]
@@ -256,5 +257,6 @@ def test_coherence_measures_change_and_judge_agreement():
     prompts = ["a red circle on a blue background:1.0",
                "a red circle on a blue background:0.5|a yellow square on a green background:0.5",
                "a yellow square on a green background:1.0"]
-    report = coherence(frames, prompts, FakeJudge())
+    world = ShapesWorld()
+    report = coherence(frames, prompts, FakeJudge(), world)
     assert report == {"frames": 3, "mean_change": pytest.approx(0.1), "on_prompt": pytest.approx(2 / 3)}

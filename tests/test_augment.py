@@ -9,9 +9,9 @@ import torch
 import yaml
 from click.testing import CliRunner
 
-from pixgen.augment import colour_jitter, random_affine, random_erasing, random_perspective
 from pixgen.cli import cli
-from pixgen.cutouts import CutoutSpec, make_cutouts
+from pixgen.engine.augment import colour_jitter, random_affine, random_erasing, random_perspective
+from pixgen.engine.cutouts import CutoutSpec, make_cutouts
 
 ON = {  # each augmentation with an amount that is on, applied to every cut
     "shear": lambda cuts, gen: random_affine(cuts, gen, p=1.0, shear=10),

@@ -428,7 +428,7 @@ def test_full_disk_says_so_and_keeps_what_was_saved(tmp_path, tiny_preset, monke
 
 
 def test_out_of_memory_in_a_step_is_one_line(tmp_path, tiny_preset, monkeypatch):
-    import pixgen.engine as engine
+    import pixgen.engine.loop as engine
 
     def no_memory(*args, **kwargs):
         raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory")
@@ -443,7 +443,7 @@ def test_out_of_memory_in_a_step_is_one_line(tmp_path, tiny_preset, monkeypatch)
 
 
 def test_memory_estimate_refuses_before_allocating(tmp_path, tiny_preset, monkeypatch):
-    import pixgen.memory as memory
+    import pixgen.pipeline.memory as memory
 
     monkeypatch.setattr(memory, "available_bytes", lambda device: 1024)
     result = CliRunner().invoke(cli, ["run", "a red circle", "--preset", str(tiny_preset), "-o",
@@ -454,7 +454,7 @@ def test_memory_estimate_refuses_before_allocating(tmp_path, tiny_preset, monkey
 
 
 def test_bug_keeps_traceback_after_a_summary_line(tmp_path, tiny_preset, monkeypatch):
-    import pixgen.engine as engine
+    import pixgen.engine.loop as engine
 
     def broken(*args, **kwargs):
         raise ZeroDivisionError("boom")
@@ -468,7 +468,7 @@ def test_bug_keeps_traceback_after_a_summary_line(tmp_path, tiny_preset, monkeyp
 
 
 def test_ctrl_c_while_loading_models_leaves_no_folder(tmp_path, tiny_preset, monkeypatch):
-    import pixgen.pipeline as pipeline
+    import pixgen.pipeline.runner as pipeline
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
@@ -485,7 +485,7 @@ def test_ctrl_c_while_loading_models_leaves_no_folder(tmp_path, tiny_preset, mon
 
 
 def test_ctrl_c_during_first_step_leaves_no_folder(tmp_path, tiny_preset, monkeypatch):
-    import pixgen.engine as engine
+    import pixgen.engine.loop as engine
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt

@@ -334,8 +334,8 @@ def test_symlinked_model_folder_is_not_followed_by_remove(case, tiny_models):
 
 @pytest.mark.parametrize("what", ["record_hash", "forget_hashes", "remove_model"])
 def test_library_refuses_paths_outside_the_cache(case, what):
-    from pixgen import model_store
-    from pixgen.registry import ModelEntry
+    from pixgen.models import store as model_store
+    from pixgen.models.registry import ModelEntry
 
     outside = case.parent / "root"
     (outside / "cache" / "vqgan").mkdir()  # so that cache/vqgan/../.. exists: the folder above the cache
@@ -536,7 +536,7 @@ def test_shipped_registry_entries_follow_the_schema(kind, name, entry):
 
 
 def test_shipped_registry_has_the_models_users_ask_for():
-    from pixgen.registry import BUILTIN_REGISTRY, read_registry_file
+    from pixgen.models.registry import BUILTIN_REGISTRY, read_registry_file
 
     entries = read_registry_file(BUILTIN_REGISTRY)
     codes = {name: entry.architecture["n_embed"] for name, entry in entries["vqgan"].items() if entry.architecture}

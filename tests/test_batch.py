@@ -16,11 +16,11 @@ import yaml
 from click.testing import CliRunner
 from PIL import Image
 
-from pixgen.batch import plan_batch
-from pixgen.batch_run import run_batch
+from pixgen.batch.manifest import plan_batch
+from pixgen.batch.runner import run_batch
 from pixgen.cli import cli
 from pixgen.config import RunConfig
-from pixgen.output import read_png_text
+from pixgen.pipeline.output import read_png_text
 
 
 def invoke(*args):
@@ -77,7 +77,7 @@ def test_a_setting_at_its_default_leaves_folder_and_seed_alone(tmp_path, tiny_pr
 
 
 def test_a_new_setting_that_defaults_to_off_moves_no_job(tmp_path, tiny_preset, monkeypatch):
-    import pixgen.batch as batch_module
+    import pixgen.batch.manifest as batch_module
 
     path = write_manifest(tmp_path / "m.yaml", {"defaults": {"preset": str(tiny_preset)},
                                                 "jobs": [{"prompt": "a red circle"}]})
@@ -89,7 +89,7 @@ def test_a_new_setting_that_defaults_to_off_moves_no_job(tmp_path, tiny_preset, 
 
 
 def test_a_changed_built_in_default_reruns_the_job_in_its_folder(tmp_path, tiny_preset, monkeypatch):
-    import pixgen.batch as batch_module
+    import pixgen.batch.manifest as batch_module
 
     out = tmp_path / "out"
 
@@ -188,7 +188,7 @@ def test_names_cannot_escape_and_planted_symlinks_are_refused(tmp_path, tiny_pre
 
 
 def test_batch_loads_models_once_logs_skips_and_reruns_only_changed_jobs(tmp_path, manifest, monkeypatch):
-    from pixgen import pipeline
+    from pixgen.pipeline import runner as pipeline
 
     loads = {"vqgan": 0, "clip": 0}
     real_vqgan, real_clip = pipeline.load_vqgan, pipeline.load_clip
@@ -263,8 +263,8 @@ def test_junk_and_tampered_outputs_are_rerun_and_other_files_kept(tmp_path, mani
 
 
 def test_ctrl_c_saves_the_job_summarises_and_resumes_exactly(tmp_path, manifest, monkeypatch):
-    from pixgen import cli as cli_module
-    from pixgen.pipeline import run
+    from pixgen.cli import progress as cli_module
+    from pixgen.pipeline.runner import run
 
     out = tmp_path / "out"
     jobs = plan_batch(manifest, out)
@@ -300,7 +300,7 @@ def wait_for(condition, timeout: float = 60.0) -> None:
 
 
 def test_kill_9_during_and_between_jobs_then_rerun_completes_exactly(tmp_path, tiny_preset):
-    from pixgen.pipeline import run
+    from pixgen.pipeline.runner import run
 
     manifest = write_manifest(tmp_path / "m.yaml", {
         "defaults": {"preset": str(tiny_preset), "steps": 24, "save_every": 4},
@@ -357,7 +357,7 @@ def test_two_worker_processes_share_out_the_jobs(tmp_path, tiny_preset):
 
 
 def test_more_cpu_workers_than_cores_are_told_to_use_fewer():
-    from pixgen.batch_run import pool_note
+    from pixgen.batch.local import pool_note
 
     assert pool_note([None, None], cores=2) is None  # one worker per core: faster than one process
     assert pool_note(["cpu"] * 3, cores=2) == ("note: 3 worker processes took turns on 2 CPU cores; --jobs 2 is as "
@@ -367,7 +367,7 @@ def test_more_cpu_workers_than_cores_are_told_to_use_fewer():
 
 
 def test_log_skips_a_torn_last_line_and_appends_on_a_fresh_line(tmp_path):
-    from pixgen.batch_log import BatchLog
+    from pixgen.batch.log import BatchLog
 
     log = BatchLog(tmp_path / "batch.jsonl")
     log.append({"event": "start", "folder": "a-1"})

@@ -22,11 +22,12 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from pixgen.batch import plan_batch
-from pixgen.batch_run import run_batch, using_threads
+from pixgen.batch.jobs import using_threads
+from pixgen.batch.manifest import plan_batch
+from pixgen.batch.runner import run_batch
 from pixgen.cli import cli
-from pixgen.output import read_png_text
-from pixgen.pipeline import run
+from pixgen.pipeline.output import read_png_text
+from pixgen.pipeline.runner import run
 
 OUTPUTS = ("image.png", "run.yaml", "progress.gif", "frames/step-00002.png")
 

@@ -8,7 +8,7 @@ from click.testing import CliRunner
 
 from pixgen.cli import cli
 from pixgen.config import list_presets, resolve_config
-from pixgen.engine import learning_rate
+from pixgen.engine.loop import learning_rate
 
 
 def invoke(*args):

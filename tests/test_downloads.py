@@ -15,14 +15,14 @@ from pathlib import Path
 import pytest
 from tqdm import tqdm
 
-from pixgen import cache, downloads
-from pixgen.downloads import FileSpec, download, sha256_file
 from pixgen.errors import (
     ChecksumMismatch,
     DownloadError,
     ModelNotAvailable,
     PixgenError,
 )
+from pixgen.models import cache, downloads
+from pixgen.models.downloads import FileSpec, download, sha256_file
 
 DATA = random.Random(0).randbytes(300_000)
 DATA_SHA = hashlib.sha256(DATA).hexdigest()

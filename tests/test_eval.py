@@ -8,8 +8,8 @@ from click.testing import CliRunner
 from PIL import Image
 
 from pixgen.cli import cli
-from pixgen.evaluate import Verdict, accuracy
-from pixgen.output import read_png_text
+from pixgen.evaluation.fidelity import Verdict, accuracy
+from pixgen.pipeline.output import read_png_text
 
 
 def test_eval_writes_report_images_and_contact_sheet(tmp_path, tiny_preset):
@@ -21,7 +21,7 @@ def test_eval_writes_report_images_and_contact_sheet(tmp_path, tiny_preset):
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
     assert "shapes-judge (independent), strict:" in result.output
-    assert "shapes-judge, forced choice" in result.output and "shapes-clip (guides generation):" in result.output
+    assert "shapes-judge, forced choice" in result.output and "tiny-clip (guides generation):" in result.output
     report = json.loads((out / "report.json").read_text())
     assert (report["images"], report["prompts"], report["seeds"]) == (4, 2, 2)
     assert set(report["judge"]) == set(report["judge_forced_choice"]) == {"shape", "colour", "background", "all"}
@@ -66,8 +66,8 @@ def test_accuracy_counts_only_named_attributes():
 def test_paraphrase_wordings_never_come_out_of_the_training_grammar():
     import numpy as np
 
-    from pixgen.shapes import world
-    from pixgen.shapes.paraphrases import WORDINGS, paraphrased_prompts
+    from pixgen.packs.shapes import world
+    from pixgen.packs.shapes.paraphrases import WORDINGS, paraphrased_prompts
 
     prompts = paraphrased_prompts()
     assert len(WORDINGS) >= 8 and len(prompts) == 8 * len(world.HELD_OUT_COMBOS)
@@ -79,7 +79,7 @@ def test_paraphrase_wordings_never_come_out_of_the_training_grammar():
 
 
 def test_eval_paraphrases_scores_against_the_combination_not_the_words(tmp_path, tiny_preset, monkeypatch):
-    from pixgen.shapes import paraphrases, world
+    from pixgen.packs.shapes import paraphrases, world
 
     one_combo = paraphrases.worded_prompts(world.HELD_OUT_COMBOS[:1])
     monkeypatch.setattr(paraphrases, "worded_prompts", lambda: one_combo)

@@ -15,7 +15,7 @@ from PIL import Image
 import pixgen
 from pixgen.cli import cli
 from pixgen.errors import ConfigError
-from pixgen.output import read_png_text, read_user_comment
+from pixgen.pipeline.output import read_png_text, read_user_comment
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -99,7 +99,7 @@ def test_jpeg_and_webp_carry_parameters_in_exif_user_comment(tmp_path, tiny_pres
 
 
 def test_render_returns_a_picture_writes_nothing_and_loads_models_once(tmp_path, tiny_preset, monkeypatch):
-    import pixgen.pipeline as pipeline
+    import pixgen.pipeline.runner as pipeline
 
     loads = []
     real_vqgan, real_clip = pipeline.load_vqgan, pipeline.load_clip
@@ -221,11 +221,15 @@ def test_offworld_words_get_one_honest_line_with_the_bundled_models(tmp_path):
 
 
 def test_shapes_words_in_any_phrasing_get_no_notice(tmp_path, tiny_preset):
-    from pixgen.shapes.vocabulary import offworld_notice
+    from pixgen.models.packs import prompt_notice
+    from pixgen.models.registry import load_registry
 
-    assert offworld_notice("Purple background with one yellow circle.", ["shapes-clip", "shapes-clip-2"]) is None
-    assert offworld_notice("several shapes", ["shapes-clip"]) is None
-    assert offworld_notice("a castle", ["tiny-clip"]) is None  # other models: no opinion
+    registry = load_registry()
+    assert prompt_notice("Purple background with one yellow circle.", ["shapes-clip", "shapes-clip-2"],
+                         registry) is None
+    assert prompt_notice("several shapes", ["shapes-clip"], registry) is None
+    assert prompt_notice("a castle", ["tiny-clip"], registry) is None  # other models: no opinion
+    assert prompt_notice("a castle", ["shapes-clip", "tiny-clip"], registry) is None  # not all the pack's
 
 
 def test_output_closed_by_the_reader_ends_quietly():

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pixgen.gallery import Card, tile_sheet, write_gallery
+from pixgen.batch.gallery import Card, tile_sheet, write_gallery
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 

@@ -12,9 +12,12 @@ from torch import nn
 
 from pixgen.models.factory import load_clip
 from pixgen.models.inference import fuse_conv_batchnorm
-from pixgen.registry import BUILTIN_REGISTRY, load_registry
-from pixgen.shapes import tower  # noqa: F401  registers the shapes-clip image tower with timm
-from pixgen.shapes.world import render_dataset
+from pixgen.models.registry import load_registry
+from pixgen.packs.shapes import (
+    PACK,
+    tower,  # noqa: F401  registers the shapes-clip image tower with timm
+)
+from pixgen.packs.shapes.world import render_dataset
 
 
 def _conv_bn_net() -> nn.Sequential:
@@ -55,7 +58,7 @@ def test_shipped_clip_scores_exactly_as_the_unmodified_open_clip_model(monkeypat
     convs = [m for m in scorer.modules() if isinstance(m, nn.Conv2d)]
     assert convs and all(m.weight.is_contiguous(memory_format=torch.channels_last) for m in convs)
 
-    weights = BUILTIN_REGISTRY.parent / "weights"
+    weights = PACK.registry.parent / "weights"
     config = json.loads((weights / "shapes-clip.json").read_text())
     reference = open_clip.CLIP(**config).eval()
     reference.load_state_dict({k: v.float() for k, v in load_file(weights / "shapes-clip.safetensors").items()})

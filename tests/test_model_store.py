@@ -123,7 +123,7 @@ def test_download_slims_vqgan_and_records_hash(remote_registry, tmp_path, tiny_p
     assert result.exit_code == 0, result.output
 
     slim.write_bytes(slim.read_bytes()[:-1] + b"\0")  # tamper with the kept file
-    from pixgen import pipeline
+    from pixgen.pipeline import runner as pipeline
 
     pipeline._load_vqgan_cached.cache_clear()  # a new process would load it afresh
     result = invoke("models", "verify", "remote-vqgan")

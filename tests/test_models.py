@@ -7,9 +7,9 @@ from click.testing import CliRunner
 from safetensors.torch import save_file
 
 from pixgen.cli import cli
-from pixgen.engine import Models, generate, seed_everything
+from pixgen.engine.loop import Models, generate, seed_everything
 from pixgen.models.factory import load_clip, load_vqgan
-from pixgen.registry import load_registry
+from pixgen.models.registry import load_registry
 from tests.conftest import TINY_VQGAN, tiny_vqgan_state
 
 

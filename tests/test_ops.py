@@ -4,8 +4,8 @@ import math
 
 import torch
 
-from pixgen.cutouts import CutoutSpec, cutout_thetas, make_cutouts
-from pixgen.ops import clamp_to_codebook, clamp_with_grad, prompt_loss, spherical_distance, vector_quantize
+from pixgen.engine.cutouts import CutoutSpec, cutout_thetas, make_cutouts
+from pixgen.engine.ops import clamp_to_codebook, clamp_with_grad, prompt_loss, spherical_distance, vector_quantize
 
 
 def test_vector_quantize_snaps_forward_and_passes_gradient():
@@ -127,7 +127,7 @@ def _checkerboard(side: int) -> torch.Tensor:
 
 
 def test_cutouts_that_shrink_a_lot_are_low_pass_filtered():
-    from pixgen.cutouts import sample_cuts
+    from pixgen.engine.cutouts import sample_cuts
 
     image = _checkerboard(512)  # a 1-pixel pattern: any aliasing shows as a false pattern
     spec = CutoutSpec(cut_count=6, cut_size=32, flip=False, rotate=10.0, min_scale=4.0)  # 128-512 px cuts

@@ -13,15 +13,14 @@ from PIL.PngImagePlugin import PngInfo
 
 from pixgen.cli import cli
 from pixgen.config import config_from_mapping, resolve_config
-from pixgen.engine import read_as, run_prompts
+from pixgen.engine.loop import read_as, run_prompts
 from pixgen.models.factory import load_clip
-from pixgen.pipeline import read_run_config
-from pixgen.recipe import read_recipe
-from pixgen.registry import load_registry
-from pixgen.shapes import paraphrases
-from pixgen.shapes.restate import read_caption, world_captions
-from pixgen.shapes.vocabulary import BUNDLED_CLIPS
-from pixgen.shapes.world import HELD_OUT_COMBOS, describe
+from pixgen.models.registry import load_registry
+from pixgen.packs.shapes import paraphrases
+from pixgen.packs.shapes.restate import read_caption, world_captions
+from pixgen.packs.shapes.world import HELD_OUT_COMBOS, describe
+from pixgen.pipeline.recipe import read_recipe
+from pixgen.pipeline.runner import read_run_config
 
 PARAPHRASE = "green background; one red circle."  # "background first, one": not a training wording
 CANONICAL = "a red circle on a green background"
@@ -32,7 +31,9 @@ def bundled(monkeypatch):
     """The real registry and the three bundled CLIPs."""
     monkeypatch.delenv("PIXGEN_REGISTRY")
     registry = load_registry()
-    return [load_clip(name, registry).module for name in BUNDLED_CLIPS]
+    names = [name for name in registry.names("clip") if registry.get("clip", name).pack == "shapes"]
+    assert names == ["shapes-clip", "shapes-clip-2", "shapes-clip-3"]
+    return [load_clip(name, registry).module for name in names]
 
 
 def _run(tmp_path, name: str, prompt: str, *flags: str) -> tuple[np.ndarray, dict, str]:

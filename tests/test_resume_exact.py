@@ -14,9 +14,9 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-import pixgen.engine as engine
+import pixgen.engine.loop as engine
 from pixgen.cli import cli
-from pixgen.output import read_png_text
+from pixgen.pipeline.output import read_png_text
 
 STEPS = "24"
 
@@ -75,7 +75,7 @@ def test_ctrl_c_inside_a_step_resumes_exactly(where, calls, tiny_preset, tmp_pat
 
 def test_ctrl_c_in_the_progress_callback_resumes_exactly(tiny_preset, tmp_path, uninterrupted):
     from pixgen.config import resolve_config
-    from pixgen.pipeline import resume_run, run
+    from pixgen.pipeline.runner import resume_run, run
 
     def stop_at_11(step):
         if step.step == 11:
@@ -91,7 +91,7 @@ def test_ctrl_c_in_the_progress_callback_resumes_exactly(tiny_preset, tmp_path, 
 @pytest.mark.parametrize("stop_at", [10, 11])  # a frame step (save_every 2) and a step between frames
 def test_ctrl_c_in_the_callback_keeps_every_frame_and_the_gif_exact(stop_at, tiny_preset, tmp_path, uninterrupted):
     from pixgen.config import resolve_config
-    from pixgen.pipeline import resume_run, run
+    from pixgen.pipeline.runner import resume_run, run
 
     def stop(step):
         if step.step == stop_at:
@@ -155,7 +155,7 @@ def test_a_frame_written_after_the_last_checkpoint_is_not_kept_twice(tiny_preset
     import shutil
 
     from pixgen.config import resolve_config
-    from pixgen.pipeline import resume_run, run
+    from pixgen.pipeline.runner import resume_run, run
 
     def stop_at_11(step):
         if step.step == 11:

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from pixgen.cli import cli
-from pixgen.output import read_png_text
+from pixgen.pipeline.output import read_png_text
 
 
 def invoke(*args: str):
@@ -92,8 +92,8 @@ def test_no_gif_and_no_frames(tmp_path, tiny_preset):
 
 
 def test_interrupted_run_keeps_work_and_resumes_to_the_same_image(tmp_path, tiny_preset):
-    from pixgen import pipeline
     from pixgen.config import resolve_config
+    from pixgen.pipeline import runner as pipeline
 
     config = resolve_config(str(tiny_preset), flags={"prompt": "a blue square", "seed": 5})
     whole = pipeline.run(config, tmp_path / "whole")
@@ -114,7 +114,7 @@ def test_interrupted_run_keeps_work_and_resumes_to_the_same_image(tmp_path, tiny
 
 
 def test_ctrl_c_in_cli_exits_130_with_hint(tmp_path, tiny_preset, monkeypatch):
-    from pixgen import cli as cli_module
+    from pixgen.cli import progress as cli_module
 
     def interrupting_bar(self, step):
         if step.step == 2:
@@ -207,7 +207,7 @@ def test_from_png_reruns_its_recipe_byte_for_byte(tmp_path, tiny_preset):
 
 @pytest.mark.parametrize("quiet", [False, True])
 def test_progress_bar_reads_the_loss_rarely_and_never_when_quiet(tmp_path, tiny_preset, monkeypatch, quiet):
-    import pixgen.engine as engine
+    import pixgen.engine.loop as engine
 
     reads = {"n": 0}
     real = engine.Step.loss

@@ -13,7 +13,7 @@ import torch
 from safetensors import safe_open
 
 from pixgen.errors import CheckpointError
-from pixgen.safe_load import LIGHTNING_GLOBALS, load_state_dict, save_safetensors
+from pixgen.models.safe_load import LIGHTNING_GLOBALS, load_state_dict, save_safetensors
 
 LIGHTNING_MODULES = (
     "pytorch_lightning.callbacks.model_checkpoint",

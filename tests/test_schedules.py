@@ -6,9 +6,8 @@ import math
 
 import pytest
 
-from pixgen.animate import AnimationSettings, plan_animation
-from pixgen.errors import ConfigError
-from pixgen.schedules import (
+from pixgen.animation.animate import AnimationSettings, plan_animation
+from pixgen.animation.schedules import (
     Segment,
     frame_prompt,
     keyframes_to_text,
@@ -18,6 +17,7 @@ from pixgen.schedules import (
     parse_story,
     value_at,
 )
+from pixgen.errors import ConfigError
 
 
 def test_constant_and_keyframes_parse():

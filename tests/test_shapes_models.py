@@ -9,12 +9,13 @@ from click.testing import CliRunner
 from PIL import Image
 
 from pixgen.cli import cli
-from pixgen.downloads import sha256_file
+from pixgen.models.downloads import sha256_file
 from pixgen.models.factory import load_judge_model
-from pixgen.registry import BUILTIN_REGISTRY, KINDS, load_registry, read_registry_file
-from pixgen.shapes.world import ATTRIBUTES, held_out_prompts, parse_caption
+from pixgen.models.registry import KINDS, load_registry, read_registry_file
+from pixgen.packs.shapes import PACK
+from pixgen.packs.shapes.world import ATTRIBUTES, held_out_prompts, parse_caption
 
-BUNDLED = [entry for kind in KINDS for entry in read_registry_file(BUILTIN_REGISTRY)[kind].values()
+BUNDLED = [entry for kind in KINDS for entry in read_registry_file(PACK.registry)[kind].values()
            if entry.bundled is not None]
 
 
@@ -30,7 +31,7 @@ def test_shipped_file_matches_registered_sha256(entry):
 
 
 def test_shipped_weights_fit_the_budget():
-    weights = BUILTIN_REGISTRY.parent / "weights"
+    weights = PACK.registry.parent / "weights"
     total = sum(path.stat().st_size for path in weights.iterdir())
     assert total <= 30 * 2**20
 

@@ -10,18 +10,18 @@ import torch
 from safetensors import safe_open
 
 from pixgen.errors import CheckpointError
-from pixgen.shapes import paraphrases, tower, train_clip, train_judge, world
-from pixgen.shapes.judge import CLASSES, OTHER, JudgeConfig, JudgeNet, judge_metadata, load_judge
-from pixgen.shapes.training import (
+from pixgen.packs.shapes import paraphrases, tower, train_clip, train_judge, world
+from pixgen.packs.shapes.judge import CLASSES, OTHER, JudgeConfig, JudgeNet, judge_metadata, load_judge
+from pixgen.packs.shapes.training import (
     crowd_extras,
     draw_crowds,
     not_one_clean_shape,
     random_far_colour_pairs,
     save_fp16_safetensors,
 )
-from pixgen.shapes.vocabulary import FUNCTION_WORDS, KNOWN_WORDS
+from pixgen.packs.shapes.vocabulary import FUNCTION_WORDS, KNOWN_WORDS
 
-WEIGHTS = Path(__file__).resolve().parent.parent / "pixgen" / "weights"
+WEIGHTS = Path(__file__).resolve().parent.parent / "pixgen" / "packs" / "shapes" / "weights"
 TINY_CLIP = {
     "embed_dim": 16,
     "vision_cfg": {"image_size": 64, "layers": 1, "width": 32, "head_width": 16, "patch_size": 16},

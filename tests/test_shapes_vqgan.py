@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from pixgen.models.factory import load_vqgan
+from pixgen.models.registry import load_registry
 from pixgen.models.vqgan import VQGAN
-from pixgen.registry import load_registry
-from pixgen.shapes.train_vqgan import (
+from pixgen.packs.shapes.train_vqgan import (
     METADATA_KEY,
     Codebook,
     evaluate,
@@ -17,9 +17,9 @@ from pixgen.shapes.train_vqgan import (
     shapes_vqgan_config,
     train_steps,
 )
-from pixgen.shapes.world import render_dataset
+from pixgen.packs.shapes.world import render_dataset
 
-SHIPPED = Path(__file__).resolve().parents[1] / "pixgen" / "weights" / "shapes-vqgan.safetensors"
+SHIPPED = Path(__file__).resolve().parents[1] / "pixgen" / "packs" / "shapes" / "weights" / "shapes-vqgan.safetensors"
 
 
 def test_a_few_training_steps_reduce_the_loss():

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from pixgen.shapes import world
-from pixgen.shapes.world import (
+from pixgen.packs.shapes import world
+from pixgen.packs.shapes.world import (
     ALL_COMBOS,
     COLOURS,
     HELD_OUT_COMBOS,

@@ -15,18 +15,18 @@ from click.testing import CliRunner
 from conftest import TINY_VQGAN
 from taming.modules.diffusionmodules.model import Decoder
 
-from pixgen import engine
 from pixgen.cli import cli
 from pixgen.config import RunConfig
-from pixgen.cutouts import CutoutSpec
-from pixgen.engine import Models, autocast_factory, clip_losses, resolve_precision, run_precision, synth
+from pixgen.engine import loop as engine
+from pixgen.engine.cutouts import CutoutSpec
+from pixgen.engine.loop import Models, autocast_factory, clip_losses, resolve_precision, run_precision, synth
+from pixgen.engine.ops import vector_quantize
 from pixgen.models.clip import CLIPScorer
 from pixgen.models.factory import load_clip, load_vqgan
 from pixgen.models.inference import ConvLinear, FusedSelfAttention, PatchLinear, SiluDecoder, prepare_for_device
+from pixgen.models.registry import load_registry
 from pixgen.models.vqgan import VQGAN, VQGANConfig
-from pixgen.ops import vector_quantize
-from pixgen.output import read_png_text
-from pixgen.registry import load_registry
+from pixgen.pipeline.output import read_png_text
 
 # A small ViT CLIP whose linear layers are wide enough (256) to be run as 1x1 convs.
 VIT = {"embed_dim": 64, "vision_cfg": {"image_size": 64, "layers": 2, "width": 256, "patch_size": 16,

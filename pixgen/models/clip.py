@@ -16,11 +16,12 @@ class CLIPScorer(nn.Module):
     """An open_clip model plus the image size and mean/std its weights were trained with."""
 
     def __init__(self, model: nn.Module, tokenizer, name: str,
-                 mean: Sequence[float], std: Sequence[float]):
+                 mean: Sequence[float], std: Sequence[float], pack: str | None = None):
         super().__init__()
         self.model = prepare_for_inference(model.eval().requires_grad_(False))
         self.tokenizer = tokenizer
         self.name = name
+        self.pack = pack  # the model pack it was registered by (pixgen.models.packs), if any
         size = model.visual.image_size
         self.image_size = int(size[0] if isinstance(size, (tuple, list)) else size)
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))

@@ -13,12 +13,14 @@ import torch
 import yaml
 from torch import nn
 
-from pixgen.downloads import sha256_file
 from pixgen.errors import CheckpointError, ChecksumMismatch, ModelNotAvailable, UnknownModel
 from pixgen.models.clip import CLIPScorer
+from pixgen.models.downloads import sha256_file
+from pixgen.models.hashes import check_recorded_hash
+from pixgen.models.packs import judge_pack, register_architectures
+from pixgen.models.registry import ModelEntry, Registry, architecture_problem
+from pixgen.models.safe_load import load_state_dict
 from pixgen.models.vqgan import VQGAN, VQGANConfig, generation_weights
-from pixgen.registry import ModelEntry, Registry, architecture_problem
-from pixgen.safe_load import load_state_dict
 
 VQGAN_METADATA_KEY = "pixgen_vqgan"  # safetensors metadata: the VQGANConfig as JSON
 FIRST_STAGE_PREFIX = "first_stage_model."  # a whole taming transformer's VQGAN
@@ -170,8 +172,6 @@ def load_vqgan(spec: str, registry: Registry) -> Loaded:
 def _checked_hash(entry: ModelEntry, weights: Path) -> str:
     if entry.bundled is not None:
         return verified_sha256(weights, entry.bundled.sha256)
-    from pixgen.model_store import check_recorded_hash
-
     return check_recorded_hash(entry, weights)
 
 
@@ -204,8 +204,7 @@ def _open_clip_model(arch: str) -> tuple[nn.Module, Any]:
 def _custom_clip_model(config_path: Path) -> tuple[nn.Module, Any, tuple, tuple]:
     import open_clip
 
-    from pixgen.shapes import tower  # noqa: F401  registers shapes-clip's timm image tower by name
-
+    register_architectures()  # e.g. a pack's timm image tower that the config names
     config = read_clip_config(config_path)
     preprocess = config.pop("preprocess_cfg", {})
     try:
@@ -258,11 +257,11 @@ def _clip_state(weights: Path, fmt: str | None = None) -> dict[str, torch.Tensor
 
 
 def build_clip(model: nn.Module, tokenizer, weights: Path, name: str,
-               mean: tuple, std: tuple) -> CLIPScorer:
-    """Load open_clip weights into ``model`` and wrap it as a scorer."""
+               mean: tuple, std: tuple, pack: str | None = None) -> CLIPScorer:
+    """Load open_clip weights into ``model`` and wrap it as a scorer (registered by ``pack``, if any)."""
     state = _clip_state(weights)
     load_matching(model, state, f"{name} ({weights.name})")
-    return CLIPScorer(model, tokenizer, name, mean, std)
+    return CLIPScorer(model, tokenizer, name, mean, std, pack)
 
 
 def _entry_clip_model(entry: ModelEntry) -> tuple[nn.Module, Any, tuple, tuple]:
@@ -298,7 +297,7 @@ def load_clip(spec: str, registry: Registry) -> Loaded:
         weights = _available_weights(entry)
         sha = _checked_hash(entry, weights)
         model, tokenizer, mean, std = _entry_clip_model(entry)
-        return Loaded(build_clip(model, tokenizer, weights, spec, mean, std), spec, sha)
+        return Loaded(build_clip(model, tokenizer, weights, spec, mean, std, entry.pack), spec, sha)
     path = Path(spec)
     if path.suffix == ".json" and path.is_file():
         candidates = [path.with_suffix(suffix) for suffix in (".safetensors", ".pt", ".bin")]
@@ -322,13 +321,11 @@ def load_clip(spec: str, registry: Registry) -> Loaded:
 # --- judge -------------------------------------------------------------------------------------
 
 def load_judge_model(spec: str, registry: Registry) -> Loaded:
-    """The shapes-world judge from a registry name or a judge safetensors file."""
-    from pixgen.shapes.judge import load_judge
-
+    """A judge from a registry name or a weights file, loaded by the model pack it belongs to."""
     if registry.has("judge", spec):
         entry = registry.get("judge", spec)
         weights = _available_weights(entry)
-        return Loaded(load_judge(weights), spec, _checked_hash(entry, weights))
+        return Loaded(judge_pack(entry.pack).load_judge(weights), spec, _checked_hash(entry, weights))
     if not Path(spec).is_file():
         registry.get("judge", spec)  # raises UnknownModel listing the registered names
-    return Loaded(load_judge(Path(spec)), spec, sha256_file(Path(spec)))
+    return Loaded(judge_pack(None).load_judge(Path(spec)), spec, sha256_file(Path(spec)))

@@ -1,0 +1,1 @@
+"""Animations: frame schedules, motion, the frame-by-frame driver and video export."""

@@ -1,0 +1,1 @@
+"""Batch renders: manifests, the batch log, the local and Ray executors, and the gallery."""

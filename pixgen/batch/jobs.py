@@ -1,0 +1,200 @@
+"""What every executor shares: a batch's state and log (:class:`Batch`), running one job, the summary."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from pixgen.batch.gallery import Card, write_gallery
+from pixgen.batch.log import LOG_NAME, BatchLog, is_verified, output_files, remove_stale_temps
+from pixgen.batch.manifest import Job, check_folder
+from pixgen.config import config_to_yaml
+from pixgen.errors import CheckpointError, ConfigError, ModelNotAvailable, OutputError, PixgenError, UnknownModel
+from pixgen.pipeline.runner import CONFIG_NAME, STATE_NAME, RunResult, read_run_config, read_state, run
+
+# Errors that are not about one job: the batch stops instead of failing every later job the same way.
+FATAL = (CheckpointError, ModelNotAvailable, UnknownModel, OutputError)
+RETRIES = 2  # times a job whose worker died is run again before it counts as failed
+
+
+@dataclass
+class BatchEvent:
+    """Progress news: a job starts or finishes (``done`` of ``total`` jobs are done)."""
+
+    kind: str  # "begin" (before the first job), "start" or "finish"
+    job: Job | None
+    done: int
+    total: int
+
+
+@dataclass
+class BatchResult:
+    """Each job's state after a batch: done, pending, interrupted or failed."""
+
+    jobs: list[Job]
+    status: dict[str, str] = field(default_factory=dict)  # folder name -> state
+    errors: dict[str, str] = field(default_factory=dict)  # folder name -> one-line error
+    interrupted: bool = False
+    skipped: int = 0  # jobs found done and verified when the batch started
+    notes: list[str] = field(default_factory=list)  # advice for the user, one line each
+
+    def names(self, *states: str) -> list[str]:
+        """Names of the jobs in any of ``states``, in manifest order."""
+        return [job.name for job in self.jobs if self.status[job.folder.name] in states]
+
+
+def records_config(job: Job) -> bool:
+    """Whether the job folder's ``run.yaml`` records this job's whole config (the device aside).
+
+    A job's folder hash leaves out settings at their built-in defaults, so a newer pixgen whose
+    default changed finds the old folder: this tells that its outputs were made otherwise.
+    """
+    try:
+        recorded = read_run_config(job.folder)
+    except PixgenError:
+        return False
+    return config_to_yaml(replace(recorded, device=job.config.device)) == config_to_yaml(job.config)
+
+
+def resume_point(job: Job) -> int | None:
+    """The step of a half-done job's ``state.pt``, if it can continue exactly; else None.
+
+    ``run.yaml`` may be missing (a kill can land between the two writes); when present it must
+    record this job's config.
+    """
+    folder = job.folder
+    try:
+        if not (folder / STATE_NAME).is_file() or folder.is_symlink():
+            return None
+        if (folder / CONFIG_NAME).is_file() and not records_config(job):
+            return None
+        step = read_state(folder / STATE_NAME)["step"]
+    except PixgenError:
+        return None
+    return step if step < job.config.steps else None
+
+
+def execute_job(job: Job, on_step: Callable | None = None, device: str | None = None,
+                on_load: Callable | None = None) -> RunResult:
+    """Run one job in its folder: continue it from its ``state.pt`` if half done, else start afresh."""
+    if job.folder.is_dir():
+        remove_stale_temps(job.folder)
+    config = job.config if device is None else replace(job.config, device=device)
+    if resume_point(job) is not None:  # what resume_run does, with the config the batch already knows
+        return run(config, job.folder, on_step=on_step, resume=read_state(job.folder / STATE_NAME),
+                   on_load=on_load)
+    return run(config, job.folder, overwrite=True, on_step=on_step, on_load=on_load)
+
+
+@contextmanager
+def using_threads(threads: int | None) -> Iterator[None]:
+    """torch's CPU threads set to ``threads`` for a while (None: unchanged); the same number gives the same images."""
+    import torch
+
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+class Batch:
+    """The parent's side of a batch: the log, each job's state, and the gallery."""
+
+    def __init__(self, jobs: list[Job], root: Path, on_event: Callable[[BatchEvent], None] | None):
+        self.root, self.jobs, self.on_event = Path(root), jobs, on_event
+        self.log = BatchLog(self.root / LOG_NAME)
+        self.result = BatchResult(jobs)
+        self.ends = self.log.last_ends()
+        for job in jobs:
+            check_folder(job.folder, self.root)
+            verified = is_verified(job.folder, job.key, self.ends.get(job.folder.name)) and records_config(job)
+            self.result.status[job.folder.name] = "done" if verified else "pending"
+            self.result.skipped += verified
+
+    def todo(self) -> list[Job]:
+        """Jobs still to run, those sharing models back to back (first appearance order)."""
+        pending = [job for job in self.jobs if self.result.status[job.folder.name] != "done"]
+        first = {}
+        for job in pending:
+            first.setdefault(job.models, len(first))
+        return sorted(pending, key=lambda job: first[job.models])
+
+    def done_count(self) -> int:
+        return len(self.result.names("done"))
+
+    def emit(self, kind: str, job: Job | None) -> None:
+        if self.on_event is not None:
+            self.on_event(BatchEvent(kind, job, self.done_count(), len(self.jobs)))
+
+    def started(self, job: Job, resume_from: int | None) -> None:
+        check_folder(job.folder, self.root)
+        self.log.append({"event": "start", **_identity(job), "resume_from": resume_from})
+        self.emit("start", job)
+
+    def finished(self, job: Job, result: RunResult, seconds: float, extra: dict | None = None) -> None:
+        """Log a job's end (``extra``: more fields for its record, e.g. the worker that ran it)."""
+        record = {**_identity(job), "steps_done": result.steps_done, "loss": result.loss,
+                  "seconds": round(seconds, 3), **(extra or {})}
+        if result.completed:
+            record = {"event": "end", **record, "files": output_files(job.folder)}
+            self.ends[job.folder.name] = record
+            self.result.status[job.folder.name] = "done"
+        else:
+            record = {"event": "interrupted", **record}
+            self.result.status[job.folder.name] = "interrupted"
+            self.result.interrupted = True
+        self.log.append(record)
+        self.refresh()
+        self.emit("finish", job)
+
+    def retried(self, job: Job, error: str) -> None:
+        """Log that a job's worker died mid-job; the job stays pending and runs again."""
+        self.log.append({"event": "retry", **_identity(job), "error": error})
+
+    def failed(self, job: Job, error: str) -> None:
+        self.log.append({"event": "failed", **_identity(job), "error": error})
+        self.result.status[job.folder.name] = "failed"
+        self.result.errors[job.folder.name] = error
+        self.emit("finish", job)
+
+    def refresh(self) -> None:
+        """Rewrite index.html and contact-sheet.png from the jobs done so far."""
+        cards = []
+        for job in self.jobs:
+            end = self.ends.get(job.folder.name) if self.result.status[job.folder.name] == "done" else None
+            cards.append(Card(job.name, job.folder.name, job.config.prompt, job.config.seed, job.preset,
+                              job.config.steps, end.get("loss") if end else None, end is not None))
+        write_gallery(self.root, cards)
+
+
+def _identity(job: Job) -> dict:
+    return {"job": job.name, "folder": job.folder.name, "key": job.key, "seed": job.config.seed,
+            "steps": job.config.steps}
+
+
+def job_error(batch: Batch, job: Job, err: PixgenError) -> bool:
+    """Log a job's error; True when the batch must stop (every later job would fail the same way)."""
+    if isinstance(err, ConfigError):
+        raise err
+    batch.failed(job, " ".join(str(err).split()))
+    return isinstance(err, FATAL)
+
+
+def summary(result: BatchResult, root: Path, again: str) -> list[str]:
+    """What a batch did, in a few lines; ``again`` is the command that continues it."""
+    done, failed = result.names("done"), result.names("failed")
+    pending = result.names("pending", "interrupted")
+    lines = [*result.notes, f"{len(done)} of {len(result.jobs)} jobs done ({result.skipped} already done before), "
+             f"{len(pending)} pending, {len(failed)} failed; gallery: {root / 'index.html'}"]
+    lines += [f"failed: {job.name}: {result.errors[job.folder.name]}" for job in result.jobs
+              if job.folder.name in result.errors and result.status[job.folder.name] == "failed"]
+    if pending:
+        partly = result.names("interrupted")
+        lines.append(f"pending: {', '.join(pending)}" + (f" ({', '.join(partly)} saved part-way)" if partly else ""))
+        lines.append(f"Continue with: {again}")
+    return lines
