@@ -31,6 +31,19 @@ def _is_loopback(address) -> bool:
     return isinstance(host, str) and (host.startswith("127.") or host in ("localhost", "::1"))
 
 
+def pytest_addoption(parser):
+    parser.addoption("--device", default="cpu", choices=("cpu", "cuda"),
+                     help="where CLI-level tests run pixgen: cuda sets PIXGEN_DEVICE=cuda for every test "
+                          "(default: cpu, the environment left as it is)")
+
+
+@pytest.fixture(autouse=True)
+def device_from_option(request, monkeypatch):
+    """With ``pytest --device cuda``, every pixgen command a test runs defaults to the GPU (PIXGEN_DEVICE)."""
+    if request.config.getoption("--device") == "cuda":
+        monkeypatch.setenv("PIXGEN_DEVICE", "cuda")
+
+
 @pytest.fixture(autouse=True, scope="session")
 def no_network():
     """Any socket connection to a non-loopback address fails the test that makes it."""
