@@ -30,6 +30,10 @@ DEVICE_KINDS = ("auto", "cpu", "cuda", "mps")  # cuda may carry an index: cuda:N
 MAX_SIDE = 4096  # pixels per side
 MAX_CUT_COUNT = 256  # cutouts per step and CLIP model
 MAX_STEPS = 100_000
+MAX_CLIPS = 16  # CLIP models in one ensemble (each is loaded and run every step)
+MAX_PROMPTS = 256  # text, image, noise and negative prompts of one run together
+SHOWN_CHARS = 60  # a value quoted in an error message is cut to this many characters
+KEYS_HELP = "see Configuration in the README for every config key"
 
 
 @dataclass
@@ -115,6 +119,8 @@ def read_yaml_mapping(path: Path, what: str) -> dict[str, Any]:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
         raise ConfigError(f"{what} {path}{where} is not valid YAML") from None
+    except (ValueError, RecursionError):  # a number of over 4300 digits, lists nested thousands deep
+        raise ConfigError(f"{what} {path} holds a number too long or lists nested too deep to read") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -137,15 +143,25 @@ def parse_override(text: str) -> tuple[str, Any]:
         raise ConfigError(f"override {text!r} must look like key=value")
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
+    except (yaml.YAMLError, ValueError, RecursionError):
         value = raw
     return key.strip(), value
 
 
+def shown(value: Any, limit: int = SHOWN_CHARS) -> str:
+    """``repr(value)`` for an error message, cut to about ``limit`` characters."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit - 1]}…"
+
+
+def key_hint(key: str, allowed: tuple[str, ...] | list[str], where: str = KEYS_HELP) -> str:
+    """`` (did you mean steps?)`` for the nearest valid keys, else where to find them (never the whole list)."""
+    close = difflib.get_close_matches(str(key), allowed, n=3)
+    return f" (did you mean {', '.join(close)}?)" if close else f" ({where})"
+
+
 def _unknown_key_error(key: str, source: str) -> ConfigError:
-    close = difflib.get_close_matches(key, FIELD_NAMES, n=3)
-    hint = f" (did you mean {', '.join(close)}?)" if close else f"; valid keys: {', '.join(FIELD_NAMES)}"
-    return ConfigError(f"unknown setting {key!r} in {source}{hint}")
+    return ConfigError(f"unknown setting {shown(key)} in {source}{key_hint(key, FIELD_NAMES)}")
 
 
 def _merge_layer(base, layer: dict[str, Any], source: str):
@@ -157,7 +173,7 @@ def _merge_layer(base, layer: dict[str, Any], source: str):
     except OmegaConfBaseException as err:
         key = getattr(err, "full_key", None) or "?"
         value = layer.get(str(key).split(".")[0].split("[")[0], "?")
-        raise ConfigError(f"invalid value {value!r} for {key!r} in {source}: "
+        raise ConfigError(f"invalid value {shown(value)} for {shown(key)} in {source}: "
                           f"{_type_hint(str(key))}") from None
 
 
@@ -181,7 +197,7 @@ def resolve_config(preset: str = DEFAULT_PRESET, config_file: Path | None = None
                               f"config file {config_file}")
     for text in overrides:
         key, value = parse_override(text)
-        merged = _merge_layer(merged, {key: value}, f"--set {text}")
+        merged = _merge_layer(merged, {key: value}, f"--set {key}=…" if len(text) > SHOWN_CHARS else f"--set {text}")
     explicit = {k: v for k, v in (flags or {}).items() if v is not None}
     merged = _merge_layer(merged, explicit, "the command line")
     config = RunConfig(**OmegaConf.to_container(merged))
@@ -204,7 +220,7 @@ def validate(config: RunConfig) -> None:
     """Range and choice checks that types alone cannot express; raises ConfigError."""
     def need(ok: bool, key: str, rule: str) -> None:
         if not ok:
-            raise ConfigError(f"invalid value {getattr(config, key)!r} for {key!r}: {rule}")
+            raise ConfigError(f"invalid value {shown(getattr(config, key))} for {key!r}: {rule}")
 
     for f in fields(RunConfig):
         value = getattr(config, f.name)
@@ -235,14 +251,17 @@ def validate(config: RunConfig) -> None:
     need(config.init_weight >= 0, "init_weight", "must not be negative")
     need(bool(config.vqgan), "vqgan", "needs a VQGAN model")
     need(bool(config.clip) and all(config.clip), "clip", "needs at least one CLIP model")
+    need(len(config.clip) <= MAX_CLIPS, "clip", f"at most {MAX_CLIPS} CLIP models, not {len(config.clip)}")
     need(_is_device_name(config.device), "device", "expected auto, cpu, cuda, cuda:N or mps")
     need(config.precision in PRECISIONS, "precision", f"must be one of {', '.join(PRECISIONS)}")
-    need(config.save_every >= 0, "save_every", "must not be negative (0 turns frames off)")
+    need(0 <= config.save_every <= MAX_STEPS, "save_every", f"must be between 0 (no frames) and {MAX_STEPS}")
     need(0 < config.gif_fps <= 100, "gif_fps", "must be between 0 and 100")
     need(bool(config.prompt.strip()) or bool(config.image_prompts), "prompt",
          "give a text prompt or at least one image prompt")
     # a ConfigError names a bad one
-    all_prompts(config.prompt, config.image_prompts, config.noise_prompts, config.negative_prompts)
+    count = len(all_prompts(config.prompt, config.image_prompts, config.noise_prompts, config.negative_prompts))
+    if count > MAX_PROMPTS:
+        raise ConfigError(f"{count} prompts (text, image, noise and negative together); the limit is {MAX_PROMPTS}")
 
 
 def _is_device_name(name: str) -> bool:

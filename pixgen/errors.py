@@ -46,3 +46,7 @@ class OutputError(PixgenError):
 
 class OutOfMemory(PixgenError):
     """A run needs more memory (RAM or VRAM) than the device has."""
+
+
+class OutputBusy(OutputError):
+    """Another process is writing the same output folder (it holds the folder's lock)."""

@@ -87,9 +87,10 @@ def parse_noise_prompts(specs: list[str]) -> list[Prompt]:
             weight = float(weight_text) if sep else 1.0
             number = int(seed)
         except ValueError:
-            raise ConfigError(f"noise prompt {spec!r} must look like SEED[:WEIGHT], e.g. 42:0.5") from None
-        if number < 0 or not math.isfinite(weight) or weight == 0:
-            raise ConfigError(f"noise prompt {spec!r}: the seed must be >= 0 and the weight a finite non-zero number")
+            raise ConfigError(f"noise prompt {str(spec)[:40]!r} must look like SEED[:WEIGHT], e.g. 42:0.5") from None
+        if not 0 <= number < 2**63 or not math.isfinite(weight) or weight == 0:
+            raise ConfigError(f"noise prompt {str(spec)[:40]!r}: the seed must be between 0 and 2**63 - 1 and the "
+                              "weight a finite non-zero number")
         prompts.append(Prompt(str(number), weight, None, is_noise=True))
     return prompts
 

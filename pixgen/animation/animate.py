@@ -18,6 +18,8 @@ RNG state after the last completed frame; :func:`resume_animation` continues fro
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -30,20 +32,37 @@ import yaml
 
 from pixgen.animation import schedules
 from pixgen.animation.motion import blend, transform
-from pixgen.config import MAX_STEPS, RunConfig, config_from_mapping, config_to_yaml, read_yaml_mapping
+from pixgen.config import (
+    MAX_STEPS,
+    RunConfig,
+    config_from_mapping,
+    config_to_yaml,
+    key_hint,
+    read_yaml_mapping,
+    shown,
+)
 from pixgen.engine.inits import INIT_METHODS
 from pixgen.engine.loop import Models, Step, generate, latent_grid, seed_everything, synth
 from pixgen.errors import ConfigError, InputError, OutputExists
 from pixgen.fileio import atomic_path, atomic_write_text
-from pixgen.pipeline.output import save_gif, save_png, save_video, to_pixels
+from pixgen.folder_lock import hold_folder
+from pixgen.pipeline.output import read_pixels, save_gif, save_png, save_video, to_pixels
 from pixgen.pipeline.recipe import png_text, prompts_read_as
-from pixgen.pipeline.runner import CONFIG_NAME, FRAMES_DIR, default_output_dir, prepare
+from pixgen.pipeline.runner import (
+    CONFIG_NAME,
+    FRAMES_DIR,
+    Prepared,
+    default_output_dir,
+    prepare,
+    read_image,
+    run_identity,
+)
 
 STATE_NAME = "animation-state.pt"
 VIDEO_NAME = "animation.mp4"
 GIF_NAME = "animation.gif"
 PREVIOUS_FRAME = "previous-frame"  # init_image recorded in a frame's recipe: it started from the frame before
-MAX_FRAMES = 100_000
+MAX_FRAMES = 100_000  # also of the video, interpolated frames included
 MAX_INTERPOLATE = 30
 
 
@@ -115,7 +134,7 @@ class AnimationResult:
 def _whole(value: Any, name: str, low: int, high: int | None = None) -> int:
     ok = isinstance(value, int) and not isinstance(value, bool) and value >= low and (high is None or value <= high)
     if not ok:
-        raise ConfigError(f"invalid value {value!r} for {name!r}: expected a whole number "
+        raise ConfigError(f"invalid value {shown(value)} for {name!r}: expected a whole number "
                           f"{f'between {low} and {high}' if high is not None else f'of at least {low}'}")
     return value
 
@@ -124,7 +143,7 @@ def _number(value: Any, name: str, low: float, high: float, low_open: bool, high
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
     ok = ok and (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
     if not ok:
-        raise ConfigError(f"invalid value {value!r} for {name!r}: must be in "
+        raise ConfigError(f"invalid value {shown(value)} for {name!r}: must be in "
                           f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}")
     return float(value)
 
@@ -140,8 +159,12 @@ def plan_animation(settings: AnimationSettings) -> Plan:
         _whole(s.first_frame_steps, "first_frame_steps", 0, MAX_STEPS)
     _number(s.fps, "fps", 0, 100, True, False)
     _number(s.smooth, "smooth", 0, 1, False, True)
-    _whole(s.crossfade, "crossfade", 0)
+    _whole(s.crossfade, "crossfade", 0, MAX_FRAMES)
     _whole(s.interpolate, "interpolate", 0, MAX_INTERPOLATE)
+    played = (frames - 1) * (s.interpolate + 1) + 1  # what write_videos holds in memory at once
+    if played > MAX_FRAMES:
+        raise ConfigError(f"{frames} frames with interpolate {s.interpolate} make {played:,} video frames; "
+                          f"the limit is {MAX_FRAMES:,}")
     keyframes = {}
     for name, width in (("zoom", 1), ("rotate", 1), ("pan", 2)):
         keyframes[name] = schedules.parse_keyframes(getattr(s, name), name, width)
@@ -167,7 +190,8 @@ def settings_from_mapping(data: dict[str, Any], source: str) -> AnimationSetting
         raise ConfigError(f"{source} must be a mapping of animation settings")
     unknown = sorted(str(k) for k in data if k not in SETTING_NAMES)
     if unknown:
-        raise ConfigError(f"unknown animation setting {unknown[0]!r} in {source}; valid: {', '.join(SETTING_NAMES)}")
+        raise ConfigError(f"unknown animation setting {shown(unknown[0])} in {source}"
+                          f"{key_hint(unknown[0], SETTING_NAMES, 'see Usage in docs/animation.md')}")
     return AnimationSettings(**data)
 
 
@@ -253,18 +277,25 @@ def frame_path(output_dir: Path, frame: int) -> Path:
     return Path(output_dir) / FRAMES_DIR / f"frame-{frame:05d}.png"
 
 
-def save_animation_state(path: Path, frame: int, z: torch.Tensor, last: Step | None) -> None:
-    """Write the resume state after ``frame`` (tensors and numbers only; weights_only-loadable), atomically."""
-    state = {"frame": frame, "z": z.detach().cpu().clone(), **(last.state if last is not None else {})}
+def animation_identity(config: RunConfig, plan: Plan) -> str:
+    """What an animation's state records of the animation that wrote it: its run (see
+    :func:`~pixgen.pipeline.runner.run_identity`) and its whole schedule."""
+    schedule = json.dumps(asdict(plan.settings), sort_keys=True, default=str)
+    return hashlib.sha256(f"{run_identity(config)} {schedule}".encode()).hexdigest()[:16]
+
+
+def save_animation_state(path: Path, frame: int, z: torch.Tensor, last: Step | None, identity: str) -> None:
+    """Write the resume state after ``frame`` (tensors, numbers and the animation's identity;
+    weights_only-loadable), atomically."""
+    state = {"frame": frame, "z": z.detach().cpu().clone(), **(last.state if last is not None else {}),
+             "run": identity}
     with atomic_path(path) as temp:
         torch.save(state, temp)
 
 
 def write_videos(output_dir: Path, paths: list[Path], settings: AnimationSettings) -> tuple[Path, Path]:
     """Write animation.mp4 and animation.gif (atomically) from the frame PNGs, pixel-interpolated."""
-    from PIL import Image
-
-    frames = [np.asarray(Image.open(p).convert("RGB")) for p in paths]
+    frames = [read_pixels(p, "animation frame") for p in paths]
     steps = settings.interpolate + 1
     played = []
     for a, b in zip(frames, frames[1:], strict=False):
@@ -284,12 +315,26 @@ def animate(config: RunConfig, plan: Plan, output_dir: Path | None = None, *, ov
 
     Ctrl-C (KeyboardInterrupt) keeps every completed frame and the state to resume from;
     ``AnimationResult.completed`` is then False. ``resume`` is a loaded animation-state.pt.
+    From its first change to the end it holds the folder (:func:`pixgen.folder_lock.hold_folder`):
+    another writer of it meanwhile gets OutputBusy and touches nothing.
     """
     job = prepare(config)  # validates, draws the seed, reads inputs, loads the models once; no disk writes
+    output_dir = Path(output_dir) if output_dir is not None else default_output_dir(job.config)
+    with hold_folder(output_dir):
+        return _animate_held(job, plan, output_dir, overwrite, on_frame, on_step, resume)
+
+
+def _animate_held(job: Prepared, plan: Plan, output_dir: Path, overwrite: bool,
+                  on_frame: Callable[[FrameDone], None] | None, on_step: Callable[[Step], None] | None,
+                  resume: dict[str, Any] | None) -> AnimationResult:
+    """:func:`animate` in a folder this process holds."""
     config, models = job.config, job.models
-    output_dir = Path(output_dir) if output_dir is not None else default_output_dir(config)
+    identity = animation_identity(config, plan)
     if resume is None:
         claim_animation_dir(output_dir, overwrite)
+    elif resume.get("run", identity) != identity:  # states written before pixgen recorded it: shapes only
+        raise InputError(f"{output_dir / STATE_NAME} belongs to another animation (it records other settings "
+                         f"than {output_dir / CONFIG_NAME}); it cannot be resumed here")
     elif "z" in resume:
         expected = (1, models.vqgan.config.embed_dim, *latent_grid(config.size, models.vqgan))
         if tuple(resume["z"].shape) != expected:
@@ -318,7 +363,7 @@ def animate(config: RunConfig, plan: Plan, output_dir: Path | None = None, *, ov
             read_as |= prompts_read_as(frame_cfg, job.loaded)
             paths.append(frame_path(output_dir, frame))
             save_png(paths[-1], pixels, text)
-            save_animation_state(output_dir / STATE_NAME, frame, z, last)
+            save_animation_state(output_dir / STATE_NAME, frame, z, last, identity)
             if on_frame is not None:
                 on_frame(FrameDone(frame, total, paths[-1], frame_cfg.prompt, time.perf_counter() - began))
         video, gif = write_videos(output_dir, paths, plan.settings)
@@ -347,10 +392,23 @@ def resume_animation(folder: Path, *, on_frame: Callable[[FrameDone], None] | No
     config = config_from_mapping(data.get("config"), f"{folder / CONFIG_NAME} config")
     plan = plan_animation(settings_from_mapping(data["animation"], f"{folder / CONFIG_NAME} animation"))
     state_path = folder / STATE_NAME
-    state = read_animation_state(state_path) if state_path.is_file() else {}
-    if state.get("frame", -1) >= plan.settings.frames:
-        raise InputError(f"{state_path} is past the last frame of {folder}'s schedule")
-    return animate(config, plan, folder, on_frame=on_frame, on_step=on_step, resume=state)
+    with hold_folder(folder):  # the state read is the one continued: no other writer meanwhile
+        state = read_animation_state(state_path) if state_path.is_file() else {}
+        if state.get("frame", -1) >= plan.settings.frames:
+            raise InputError(f"{state_path} is past the last frame of {folder}'s schedule")
+        check_frames(folder, state.get("frame", -1) + 1)
+        return animate(config, plan, folder, on_frame=on_frame, on_step=on_step, resume=state)
+
+
+def check_frames(folder: Path, count: int) -> None:
+    """Refuse to resume unless the first ``count`` frames are on disk and readable: the video is made
+    of them, and a frame cannot be made again without the ones before it."""
+    for frame in range(count):
+        path = frame_path(folder, frame)
+        if not path.is_file():
+            raise InputError(f"animation frame {path} is missing, so {folder} cannot be resumed; render it again with "
+                             "pixgen animate … --overwrite")
+        read_image(str(path), "animation frame")  # one line for a truncated, foreign or oversized file
 
 
 def read_animation_state(path: Path) -> dict[str, Any]:
@@ -361,7 +419,7 @@ def read_animation_state(path: Path) -> dict[str, Any]:
         raise InputError(f"{path} is damaged or is not a pixgen animation state; it cannot be resumed") from None
     ok = (isinstance(state, dict) and isinstance(state.get("frame"), int) and state["frame"] >= 0
           and isinstance(state.get("z"), torch.Tensor) and state["z"].is_floating_point() and state["z"].dim() == 4
-          and bool(torch.isfinite(state["z"]).all()))
+          and bool(torch.isfinite(state["z"]).all()) and isinstance(state.get("run", ""), str))
     if not ok:
         raise InputError(f"{path} is not a pixgen animation state (missing, mistyped or non-finite frame or z)")
     return state

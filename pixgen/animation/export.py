@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
 from pixgen.errors import ConfigError, InputError, OutputExists
-from pixgen.pipeline.output import save_gif, save_video
+from pixgen.folder_lock import hold_folder
+from pixgen.pipeline.output import read_pixels, save_gif, save_video
 
 FORMATS = ("mp4", "webm", "gif")
 FRAMES_DIR = "frames"
@@ -30,14 +31,10 @@ def frame_sources(folder: Path) -> list[Path]:
 
 
 def read_frames(sources: list[Path]) -> list[np.ndarray]:
-    """Read frames as (H, W, 3) uint8 arrays; a corrupt frame or a size change is one line."""
+    """Read frames as (H, W, 3) uint8 arrays; a corrupt or oversized frame or a size change is one line."""
     frames = []
     for source in sources:
-        try:
-            with Image.open(source) as image:
-                frames.append(np.asarray(image.convert("RGB")))
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
-            raise InputError(f"frame {source} is not a readable image; delete it or run again") from None
+        frames.append(read_pixels(source, "frame", hint="delete it or run again"))
         if frames[-1].shape != frames[0].shape:
             raise InputError(f"frame {source} is {frames[-1].shape[1]}x{frames[-1].shape[0]}, but the first "
                              f"frame is {frames[0].shape[1]}x{frames[0].shape[0]}")
@@ -71,9 +68,12 @@ def export_animation(folder: Path, fmt: str | None = None, fps: float = 10.0, pa
     if path.exists() and (not overwrite or path.is_dir()):
         raise OutputExists(f"{path} exists; pass --overwrite to replace it" if not path.is_dir()
                            else f"{path} is a folder; give a file name")
-    frames = read_frames(sources)
-    if fmt == "gif":
-        save_gif(path, frames, fps)
-    else:
-        save_video(path, frames, fps)
+    # writing into the run's own folder: its one writer meanwhile (a run or resume there is refused)
+    holding = hold_folder(folder) if path.resolve().parent == folder.resolve() else contextlib.nullcontext()
+    with holding:
+        frames = read_frames(sources)
+        if fmt == "gif":
+            save_gif(path, frames, fps)
+        else:
+            save_video(path, frames, fps)
     return path

@@ -20,8 +20,14 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from pixgen.config import shown
 from pixgen.errors import ConfigError
 from pixgen.prompts import STORY_SEPARATOR, parse_prompts
+
+# Checking a plan visits every frame's prompt, which costs about segments**2 per frame: these keep it bounded.
+MAX_SEGMENTS = 100  # prompts of a story, or entries of a schedule: list
+MAX_KEYFRAMES = 1000  # keyframes of one keyframed value
+FRAME_DIGITS = 9  # a frame number written with more digits is beyond any animation (MAX_FRAMES)
 
 Keyframes = tuple[tuple[int, tuple[float, ...]], ...]  # ((frame, values), ...), frames increasing
 _KEYFRAME = re.compile(r"\s*([^:,()]+?)\s*:\s*\(([^()]*)\)\s*(?:,|$)")
@@ -42,11 +48,11 @@ def _numbers(text: str, name: str, width: int) -> tuple[float, ...]:
     try:
         values = tuple(float(part) for part in parts)
     except ValueError:
-        raise ConfigError(f"{name}: {text.strip()!r} is not a number") from None
+        raise ConfigError(f"{name}: {shown(text.strip())} is not a number") from None
     if len(values) != width:
-        raise ConfigError(f"{name}: expected {width} comma-separated numbers, got {text.strip()!r}")
+        raise ConfigError(f"{name}: expected {width} comma-separated numbers, got {shown(text.strip())}")
     if not all(math.isfinite(v) for v in values):
-        raise ConfigError(f"{name}: {text.strip()!r} must be finite (no nan or inf)")
+        raise ConfigError(f"{name}: {shown(text.strip())} must be finite (no nan or inf)")
     return values
 
 
@@ -57,7 +63,7 @@ def parse_keyframes(spec: Any, name: str, width: int = 1) -> Keyframes:
     elif isinstance(spec, (list, tuple)):
         spec = ",".join(str(v) for v in spec)
     if not isinstance(spec, str) or not spec.strip():
-        raise ConfigError(f"{name}: expected a number or keyframes like '0:(1.0), 30:(1.05)', got {spec!r}")
+        raise ConfigError(f"{name}: expected a number or keyframes like '0:(1.0), 30:(1.05)', got {shown(spec)}")
     if "(" not in spec and ")" not in spec:
         return ((0, _numbers(spec, name, width)),)
     keyframes, position = [], 0
@@ -65,11 +71,17 @@ def parse_keyframes(spec: Any, name: str, width: int = 1) -> Keyframes:
     while position < len(text):
         match = _KEYFRAME.match(text, position)
         if match is None:
-            raise ConfigError(f"{name}: cannot read keyframes {spec!r} at {text[position:].strip()!r}; "
+            rest = shown(text[position:].strip(), 40)
+            raise ConfigError(f"{name}: cannot read keyframes {shown(spec, 40)} at {rest}; "
                               "expected 'frame:(value), frame:(value)'")
         frame_text = match.group(1)
         if not re.fullmatch(r"-?\d+", frame_text):
-            raise ConfigError(f"{name}: keyframe frame {frame_text!r} in {spec!r} is not a whole number")
+            raise ConfigError(f"{name}: keyframe frame {shown(frame_text, 20)} in {shown(spec, 40)} "
+                              "is not a whole number")
+        if len(frame_text.lstrip("-")) > FRAME_DIGITS:
+            raise ConfigError(f"{name}: keyframe frame {shown(frame_text, 20)} is beyond the last frame")
+        if len(keyframes) == MAX_KEYFRAMES:
+            raise ConfigError(f"{name}: more than {MAX_KEYFRAMES} keyframes")
         keyframes.append((int(frame_text), _numbers(match.group(2), name, width)))
         position = match.end()
     check_order(keyframes, name)
@@ -137,7 +149,9 @@ def spread(count: int, frames: int) -> list[tuple[int, int]]:
 def parse_story(text: str, frames: int) -> list[Segment]:
     """``"a ^ b ^ c"`` -> segments spread evenly over ``frames`` frames."""
     pieces = text.split(STORY_SEPARATOR)
-    prompts = [_check_prompt(piece, f"story segment {i + 1} of {text!r}") for i, piece in enumerate(pieces)]
+    if len(pieces) > MAX_SEGMENTS:
+        raise ConfigError(f"the story has {len(pieces)} prompts; the limit is {MAX_SEGMENTS}")
+    prompts = [_check_prompt(piece, f"story segment {i + 1} of {shown(text, 40)}") for i, piece in enumerate(pieces)]
     if len(prompts) > frames:
         raise ConfigError(f"the story has {len(prompts)} prompts but the animation only {frames} frames")
     return [Segment(p, a, b) for p, (a, b) in zip(prompts, spread(len(prompts), frames), strict=True)]
@@ -147,15 +161,19 @@ def _frame_range(value: Any, where: str, frames: int) -> tuple[int, int]:
     if isinstance(value, int) and not isinstance(value, bool):
         start = end = value
     elif isinstance(value, str) and re.fullmatch(r"\s*-?\d+\s*-\s*-?\d+\s*", value):
-        start, end = (int(v) for v in re.fullmatch(r"\s*(-?\d+)\s*-\s*(-?\d+)\s*", value).groups())
+        digits = re.fullmatch(r"\s*(-?\d+)\s*-\s*(-?\d+)\s*", value).groups()
+        if any(len(v.lstrip("-")) > FRAME_DIGITS for v in digits):
+            raise ConfigError(f"{where}: frame range {shown(value, 40)} is beyond the last frame ({frames - 1})")
+        start, end = (int(v) for v in digits)
     elif isinstance(value, list) and len(value) == 2 and all(isinstance(v, int) for v in value):
         start, end = value
     else:
-        raise ConfigError(f"{where}: frames must look like 0-11, [0, 11] or 5, got {value!r}")
+        raise ConfigError(f"{where}: frames must look like 0-11, [0, 11] or 5, got {shown(value, 40)}")
     if start < 0 or end < start:
-        raise ConfigError(f"{where}: frame range {start}-{end} must start at 0 or later and not end before it starts")
+        raise ConfigError(f"{where}: frame range {shown(start, 20)}-{shown(end, 20)} must start at 0 or later and "
+                          "not end before it starts")
     if end >= frames:
-        raise ConfigError(f"{where}: frame {end} is beyond the last frame ({frames - 1}) "
+        raise ConfigError(f"{where}: frame {shown(end, 20)} is beyond the last frame ({frames - 1}) "
                           f"of a {frames}-frame animation")
     return start, end
 
@@ -164,6 +182,8 @@ def parse_schedule(entries: Any, frames: int) -> list[Segment]:
     """A YAML ``schedule:`` list of {prompt, frames, weight} -> segments (ranges spread evenly if none given)."""
     if not isinstance(entries, list) or not entries:
         raise ConfigError("schedule must be a non-empty list of entries like {prompt: ..., frames: 0-11}")
+    if len(entries) > MAX_SEGMENTS:
+        raise ConfigError(f"the schedule has {len(entries)} entries; the limit is {MAX_SEGMENTS}")
     if any(not isinstance(e, dict) for e in entries):
         raise ConfigError("every schedule entry must be a mapping like {prompt: ..., frames: 0-11}")
     for i, entry in enumerate(entries):

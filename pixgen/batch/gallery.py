@@ -14,6 +14,7 @@ from urllib.parse import quote
 from PIL import Image, ImageDraw
 
 from pixgen.fileio import atomic_path, atomic_write_text
+from pixgen.pipeline.output import open_image
 from pixgen.pipeline.runner import IMAGE_NAME
 
 SHEET_NAME = "contact-sheet.png"
@@ -53,7 +54,7 @@ def tile_sheet(tiles: list[tuple[Path | None, list[str]]], tile: int = 128, colu
         if path is None:
             draw.rectangle((x, y, x + tile - 1, y + tile - 1), fill=(220, 220, 220))
         else:
-            with Image.open(path) as image:
+            with open_image(path, "image", hint="delete it (or its job folder) and run the batch again") as image:
                 sheet.paste(image.convert("RGB").resize((tile, tile), Image.NEAREST), (x, y))
         for n, line in enumerate(caption):
             draw.text((x + 2, y + tile + 2 + 13 * n), _fit(line, tile), fill=colour)

@@ -12,7 +12,15 @@ from pixgen.batch.log import LOG_NAME, BatchLog, is_verified, output_files, remo
 from pixgen.batch.manifest import Job, check_folder
 from pixgen.config import config_to_yaml
 from pixgen.errors import CheckpointError, ConfigError, ModelNotAvailable, OutputError, PixgenError, UnknownModel
-from pixgen.pipeline.runner import CONFIG_NAME, STATE_NAME, RunResult, read_run_config, read_state, run
+from pixgen.pipeline.runner import (
+    CONFIG_NAME,
+    STATE_NAME,
+    RunResult,
+    read_run_config,
+    read_state,
+    run,
+    run_identity,
+)
 
 # Errors that are not about one job: the batch stops instead of failing every later job the same way.
 FATAL = (CheckpointError, ModelNotAvailable, UnknownModel, OutputError)
@@ -62,7 +70,7 @@ def resume_point(job: Job) -> int | None:
     """The step of a half-done job's ``state.pt``, if it can continue exactly; else None.
 
     ``run.yaml`` may be missing (a kill can land between the two writes); when present it must
-    record this job's config.
+    record this job's config, and the state must be this job's run (not a copy from another).
     """
     folder = job.folder
     try:
@@ -70,10 +78,12 @@ def resume_point(job: Job) -> int | None:
             return None
         if (folder / CONFIG_NAME).is_file() and not records_config(job):
             return None
-        step = read_state(folder / STATE_NAME)["step"]
+        state = read_state(folder / STATE_NAME)
     except PixgenError:
         return None
-    return step if step < job.config.steps else None
+    if state.get("run", run_identity(job.config)) != run_identity(job.config):  # another run's state
+        return None
+    return state["step"] if state["step"] < job.config.steps else None
 
 
 def execute_job(job: Job, on_step: Callable | None = None, device: str | None = None,
@@ -110,6 +120,7 @@ class Batch:
         self.log = BatchLog(self.root / LOG_NAME)
         self.result = BatchResult(jobs)
         self.ends = self.log.last_ends()
+        self.running: set[str] = set()  # folders of jobs logged as started, not yet ended or failed
         for job in jobs:
             check_folder(job.folder, self.root)
             verified = is_verified(job.folder, job.key, self.ends.get(job.folder.name)) and records_config(job)
@@ -134,6 +145,7 @@ class Batch:
     def started(self, job: Job, resume_from: int | None) -> None:
         check_folder(job.folder, self.root)
         self.log.append({"event": "start", **_identity(job), "resume_from": resume_from})
+        self.running.add(job.folder.name)
         self.emit("start", job)
 
     def finished(self, job: Job, result: RunResult, seconds: float, extra: dict | None = None) -> None:
@@ -149,18 +161,33 @@ class Batch:
             self.result.status[job.folder.name] = "interrupted"
             self.result.interrupted = True
         self.log.append(record)
+        self.running.discard(job.folder.name)
         self.refresh()
         self.emit("finish", job)
 
     def retried(self, job: Job, error: str) -> None:
         """Log that a job's worker died mid-job; the job stays pending and runs again."""
         self.log.append({"event": "retry", **_identity(job), "error": error})
+        self.running.discard(job.folder.name)  # its next start is logged when a worker takes it again
 
     def failed(self, job: Job, error: str) -> None:
         self.log.append({"event": "failed", **_identity(job), "error": error})
+        self.running.discard(job.folder.name)
         self.result.status[job.folder.name] = "failed"
         self.result.errors[job.folder.name] = error
         self.emit("finish", job)
+
+    def close_running(self) -> None:
+        """Log a failure for every job still logged as started (the batch stopped before it ended: an error,
+        or Ctrl-C before its first step), so every start has its end; a re-run redoes the job."""
+        error = "stopped before its first step" if self.result.interrupted else "the batch stopped before it ended"
+        for job in self.jobs:
+            if job.folder.name in self.running:
+                try:
+                    self.log.append({"event": "failed", **_identity(job), "error": error})
+                except PixgenError:  # the log cannot be written: the error that stopped the batch says more
+                    return
+        self.running.clear()
 
     def refresh(self) -> None:
         """Rewrite index.html and contact-sheet.png from the jobs done so far."""
@@ -178,10 +205,12 @@ def _identity(job: Job) -> dict:
 
 
 def job_error(batch: Batch, job: Job, err: PixgenError) -> bool:
-    """Log a job's error; True when the batch must stop (every later job would fail the same way)."""
+    """Log a job's error; True when the batch must stop (every later job would fail the same way).
+
+    A ConfigError, found only once the job ran, stops the batch with it, after its failure is logged."""
+    batch.failed(job, " ".join(str(err).split()))
     if isinstance(err, ConfigError):
         raise err
-    batch.failed(job, " ".join(str(err).split()))
     return isinstance(err, FATAL)
 
 

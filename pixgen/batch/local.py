@@ -15,6 +15,12 @@ from pixgen.batch.jobs import FATAL, RETRIES, Batch, execute_job, job_error, res
 from pixgen.batch.manifest import Job
 from pixgen.errors import ConfigError, PixgenError
 
+# What one machine can hold, checked before the batch folder is made (docs/batch.md):
+WORKERS_PER_CORE = 2  # worker processes per usable CPU core at most (more only take turns: pool_note)
+# A worker's own memory before any model (Python, torch and open_clip imported; about 430 MiB of
+# private memory measured on Linux); its models and one step come on top (pipeline.memory.run_bytes).
+WORKER_PROCESS_BYTES = 400 * 2**20
+
 
 def run_in_process(batch: Batch, todo: list[Job], on_step: Callable | None, threads: int | None) -> None:
     """Run ``todo`` one after another in this process, with ``threads`` torch CPU threads."""
@@ -61,6 +67,114 @@ def parse_devices(text: str) -> list[str]:
     for name in names:
         pick_device(name)  # one-line ConfigError for a bad or missing device
     return names
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def check_pool_size(workers: int, devices: list[str] | None, threads: int | None) -> None:
+    """Refuse more worker processes, or threads per worker, than this machine's CPU cores can run."""
+    cores = usable_cores()
+    count = len(worker_devices(workers, devices))
+    if count > cores * WORKERS_PER_CORE:
+        asked = f"--devices lists {count} workers" if devices and len(devices) >= workers else f"--jobs {workers}"
+        raise ConfigError(f"{asked}, but this machine has {cores} CPU core(s): at most {cores * WORKERS_PER_CORE} "
+                          f"worker processes ({WORKERS_PER_CORE} per core)")
+    if threads is not None and threads > cores:
+        raise ConfigError(f"--threads {threads} is more than the {cores} CPU core(s) this machine has")
+
+
+def check_devices(jobs: list[Job], devices: list[str] | None) -> None:
+    """Refuse a device this machine does not have: a ``devices`` entry or, without any, a job's own device."""
+    from pixgen.pipeline.devices import pick_device
+
+    for name in devices or []:
+        pick_device(name)
+    if devices:
+        return  # every worker has its device: the jobs' own do not count
+    seen = set()
+    for job in jobs:
+        if job.config.device not in seen:
+            seen.add(job.config.device)
+            try:
+                pick_device(job.config.device)
+            except ConfigError as err:
+                raise ConfigError(f"job {job.name!r}: {err}") from None
+
+
+def check_pool_memory(jobs: list[Job], devices: list[str | None]) -> None:
+    """Refuse more worker processes than memory holds: each needs WORKER_PROCESS_BYTES of RAM, plus its
+    largest job's models and step (:func:`pixgen.pipeline.memory.run_bytes`) on the device it runs on."""
+    import torch
+
+    cpu = torch.device("cpu")
+    _refuse_overfull(devices, {cpu: WORKER_PROCESS_BYTES * len(devices)})  # before loading any model
+    sizes, placed = job_bytes(jobs), _placed(jobs, devices)
+    need: dict = {cpu: WORKER_PROCESS_BYTES * len(devices)}
+    for entry in devices:
+        largest: dict = {}  # the worst this worker can hold on each device
+        for job in jobs:
+            device = placed[entry or job.config.device]
+            largest[device] = max(largest.get(device, 0), sizes.get(job.folder.name, 0))
+        for device, size in largest.items():
+            need[device] = need.get(device, 0) + size
+    _refuse_overfull(devices, need)
+
+
+def _placed(jobs: list[Job], devices: list[str | None]) -> dict:
+    """Device name -> torch device, for the workers' devices and (for workers without one) the jobs'."""
+    from pixgen.pipeline.devices import pick_device
+
+    names = {entry for entry in devices if entry}
+    if not all(devices):
+        names |= {job.config.device for job in jobs}
+    return {name: pick_device(name) for name in names}
+
+
+def _refuse_overfull(devices: list[str | None], need: dict) -> None:
+    from pixgen.pipeline import memory
+
+    for device, total in need.items():
+        free = memory.available_bytes(device)
+        if free is None or total <= free:
+            continue
+        fit = int(free // (total / len(devices)))
+        if not fit:
+            advice = "run it in one process (no --jobs or --devices)"
+        else:
+            advice = f"give --devices at most {fit} entries" if all(devices) else f"use --jobs {fit} or fewer"
+        raise ConfigError(f"{len(devices)} worker processes need about {total / 2**30:.1f} GiB on {device} "
+                          f"(the process, its models and one step), but it has {free / 2**30:.1f} GiB free; {advice}")
+
+
+def job_bytes(jobs: list[Job]) -> dict[str, int]:
+    """Each job's run_bytes by folder name, its models loaded once per model set on the CPU to measure them
+    (then let go); a job whose models cannot be loaded here is left out (running it says why)."""
+    import torch
+
+    from pixgen.engine.loop import Models
+    from pixgen.models.factory import load_clip, load_vqgan
+    from pixgen.models.registry import load_registry
+    from pixgen.pipeline.memory import run_bytes
+
+    groups: dict[tuple, list[Job]] = {}
+    for job in jobs:
+        groups.setdefault((job.config.vqgan, tuple(job.config.clip)), []).append(job)
+    sizes, registry = {}, load_registry()
+    for (vqgan, clips), members in groups.items():
+        try:
+            models = Models(load_vqgan(vqgan, registry).module, [load_clip(c, registry).module for c in clips],
+                            torch.device("cpu"))
+        except PixgenError:
+            continue
+        for job in members:
+            sizes[job.folder.name] = run_bytes(job.config, models)
+    return sizes
 
 
 def cpu_worker_count(devices: list[str | None]) -> int:

@@ -7,6 +7,7 @@ files are on disk with the same sha256.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -54,12 +55,21 @@ class BatchLog:
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o666)
         except OSError as err:
             raise write_error(self.path, err) from None
+        size = None
         try:
-            if os.fstat(fd).st_size and not _ends_with_newline(self.path):
+            size = os.fstat(fd).st_size
+            if size and not _ends_with_newline(self.path):
                 line = b"\n" + line  # the last append was torn: start on a fresh line
-            os.write(fd, line)
+            written = 0
+            while written < len(line):  # a short write (the disk or the size limit reached): the next one says why
+                count = os.write(fd, line[written:])
+                if count <= 0:
+                    raise OSError(errno.EIO, os.strerror(errno.EIO))
+                written += count
             os.fsync(fd)
         except OSError as err:
+            if size is not None:
+                _truncate(fd, size)  # no torn line left behind
             raise write_error(self.path, err) from None
         finally:
             os.close(fd)
@@ -67,6 +77,14 @@ class BatchLog:
     def last_ends(self) -> dict[str, dict[str, Any]]:
         """The latest ``end`` record per job folder name."""
         return {r["folder"]: r for r in self.records() if r.get("event") == "end"}
+
+
+def _truncate(fd: int, size: int) -> None:
+    """Cut the log back to ``size`` bytes after a failed append, if the disk lets us."""
+    try:
+        os.ftruncate(fd, size)
+    except OSError:
+        pass
 
 
 def _ends_with_newline(path: Path) -> bool:

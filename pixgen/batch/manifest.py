@@ -24,9 +24,9 @@ always maps to the same folder, and a changed job to a new one.
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import itertools
+import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -38,9 +38,11 @@ from pixgen.config import (
     FIELD_NAMES,
     RunConfig,
     config_to_yaml,
+    key_hint,
     preset_path,
     read_yaml_mapping,
     resolve_config,
+    shown,
 )
 from pixgen.errors import ConfigError, InputError, OutputError, PixgenError
 from pixgen.pipeline.recipe import input_hashes
@@ -51,6 +53,10 @@ ALIASES = {"prompts": "prompt", "seeds": "seed", "presets": "preset"}
 JOB_KEYS = (*FIELD_NAMES, "preset")
 HASH_CHARS = 10
 DEFAULT_CONFIG = RunConfig()  # settings equal to these do not count in a job's identity
+# Checked before a job is expanded or a folder made: planning takes about 20 ms a job (10,000 jobs:
+# some minutes) and the gallery's contact sheet grows with every job.
+MAX_JOBS = 10_000  # explicit jobs plus matrix combinations
+MAX_MANIFEST_BYTES = 4 * 2**20  # the manifest file, read whole before its YAML is parsed
 _MISSING = object()
 
 
@@ -71,9 +77,16 @@ class Job:
 
 
 def read_manifest(path: Path) -> dict[str, Any]:
-    """The manifest's sections, with their shapes checked (not yet the settings)."""
-    data = read_yaml_mapping(Path(path), "manifest")
+    """The manifest's sections, with their shapes and job count checked (not yet the settings)."""
     where = f"manifest {path}"
+    try:
+        size = Path(path).stat().st_size
+    except OSError:
+        size = 0  # read_yaml_mapping says why it cannot be read
+    if size > MAX_MANIFEST_BYTES:
+        raise ConfigError(f"{where} is {size / 2**20:.1f} MiB; the limit is {MAX_MANIFEST_BYTES // 2**20} MiB "
+                          "(use a matrix: for many similar jobs)")
+    data = read_yaml_mapping(Path(path), "manifest")
     for key in data:
         if key not in SECTIONS:
             raise ConfigError(f"{where}: unknown section {key!r}; expected {', '.join(SECTIONS)}")
@@ -85,10 +98,14 @@ def read_manifest(path: Path) -> dict[str, Any]:
     _check_keys(defaults, "defaults", JOB_KEYS)
     if not isinstance(jobs, list) or not all(isinstance(job, dict) for job in jobs):
         raise ConfigError(f"{where}: jobs must be a list of mappings (each job's settings)")
-    for number, job in enumerate(jobs, 1):
-        _check_keys(job, _job_label(job, number), (*JOB_KEYS, "name"))
     if matrix is not None:
         matrix = _check_matrix(matrix, where)
+    count = len(jobs) + (math.prod(len(values) for values in matrix.values()) if matrix else 0)
+    if count > MAX_JOBS:  # counted from the list lengths: nothing expanded yet
+        raise ConfigError(f"{where} expands to {count:,} jobs; the limit is {MAX_JOBS:,} (split it into "
+                          "several manifests)")
+    for number, job in enumerate(jobs, 1):
+        _check_keys(job, _job_label(job, number), (*JOB_KEYS, "name"))
     if not jobs and not matrix:
         raise ConfigError(f"{where} defines no jobs: add a jobs: list or a matrix:")
     return {"defaults": defaults, "jobs": jobs, "matrix": matrix or {}}
@@ -104,7 +121,7 @@ def _check_matrix(matrix: Any, where: str) -> dict[str, list]:
         if name in checked:
             raise ConfigError(f"{where}: matrix sets {name!r} twice ({name!r} and its plural)")
         if not isinstance(values, list) or not values:
-            raise ConfigError(f"{where}: matrix {key!r} must be a non-empty list of values, not {values!r}")
+            raise ConfigError(f"{where}: matrix {shown(key)} must be a non-empty list of values, not {shown(values)}")
         checked[name] = values
     return checked
 
@@ -112,13 +129,11 @@ def _check_matrix(matrix: Any, where: str) -> dict[str, list]:
 def _check_keys(settings: dict, label: str, allowed: tuple[str, ...]) -> None:
     for key in settings:
         if key not in allowed:
-            close = difflib.get_close_matches(str(key), allowed, n=3)
-            hint = f" (did you mean {', '.join(close)}?)" if close else ""
-            raise ConfigError(f"{label}: unknown setting {key!r}{hint}")
+            raise ConfigError(f"{label}: unknown setting {shown(key)}{key_hint(key, allowed)}")
 
 
 def _job_label(job: dict, number: int) -> str:
-    return f"job {job['name']!r}" if isinstance(job.get("name"), str) else f"job #{number}"
+    return f"job {shown(job['name'], 40)}" if isinstance(job.get("name"), str) else f"job #{number}"
 
 
 def expand(manifest: dict[str, Any]) -> list[tuple[str, str | None, dict[str, Any]]]:
@@ -128,15 +143,16 @@ def expand(manifest: dict[str, Any]) -> list[tuple[str, str | None, dict[str, An
     for number, job in enumerate(manifest["jobs"], 1):
         name = job.get("name")
         if name is not None and (not isinstance(name, str) or not name.strip()):
-            raise ConfigError(f"job #{number}: name must be a non-empty string, not {name!r}")
+            raise ConfigError(f"job #{number}: name must be a non-empty string, not {shown(name)}")
         settings = {k: v for k, v in job.items() if k != "name"}
         expanded.append((_job_label(job, number), name, {**defaults, **settings}))
     matrix = manifest["matrix"]
     combinations = itertools.product(*matrix.values()) if matrix else ()
     for number, values in enumerate(combinations, 1):
         settings = dict(zip(matrix, values, strict=True))
-        shown = ", ".join(f"{k}={v!r}" for k, v in settings.items())
-        expanded.append((f"matrix job #{number} ({shown})", None, {**defaults, **settings}))
+        described = ", ".join(f"{k}={shown(v, 30)}" for k, v in settings.items())
+        described = described if len(described) <= 90 else f"{described[:89]}…"
+        expanded.append((f"matrix job #{number} ({described})", None, {**defaults, **settings}))
     return expanded
 
 

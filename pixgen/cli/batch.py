@@ -31,11 +31,13 @@ def batch(manifest, output, workers, devices, executor, address, threads, dry_ru
     from pixgen.batch.jobs import summary
     from pixgen.batch.local import parse_devices
     from pixgen.batch.manifest import check_executor, describe, plan_batch
-    from pixgen.batch.runner import run_batch
+    from pixgen.batch.runner import check_run_options, run_batch
 
     check_executor(executor, address)
     output = output or Path("outputs") / manifest.stem
-    jobs, device_list = plan_batch(manifest, output), parse_devices(devices) if devices else None
+    device_list = parse_devices(devices) if devices else None
+    check_run_options(executor, workers, device_list, threads)  # before the manifest's jobs are planned
+    jobs = plan_batch(manifest, output)
     if dry_run:
         click.echo("\n".join(describe(job) for job in jobs) + f"\n{len(jobs)} jobs")
         return

@@ -14,7 +14,7 @@ import torch
 
 from pixgen.errors import InputError
 from pixgen.models.packs import EvalWorld
-from pixgen.pipeline.output import read_png_text
+from pixgen.pipeline.output import read_pixels, read_png_text
 from pixgen.prompts import parse_prompts
 
 
@@ -31,12 +31,10 @@ def dominant_prompt(prompt: str) -> str:
 
 def read_animation_frames(folder: Path) -> tuple[list[np.ndarray], list[str]]:
     """An animation folder's frames and each frame's prompt (from its PNG recipe)."""
-    from PIL import Image
-
     paths = sorted((Path(folder) / "frames").glob("frame-*.png"))
     if not paths:
         raise InputError(f"{folder} holds no animation frames (frames/frame-NNNNN.png)")
-    frames = [np.asarray(Image.open(p).convert("RGB")) for p in paths]
+    frames = [read_pixels(p, "animation frame") for p in paths]
     return frames, [read_png_text(p).get("prompt", "") for p in paths]
 
 

@@ -25,14 +25,17 @@ from pixgen.config import RunConfig, validate
 from pixgen.engine.loop import generate, read_as, run_prompts
 from pixgen.errors import ConfigError, InputError, OutputExists, UnknownModel
 from pixgen.fileio import atomic_path, atomic_write_text
+from pixgen.folder_lock import hold_folder
 from pixgen.models.clip import CLIPScorer
 from pixgen.models.packs import EvalWorld, judge_pack
 from pixgen.models.registry import Registry
-from pixgen.pipeline.output import save_png, to_pixels
+from pixgen.pipeline.output import open_image, save_png, to_pixels
 from pixgen.pipeline.runner import load_models, png_text, slugify
 
 REPORT_NAME = "report.json"
 SHEET_NAME = "contact-sheet.png"
+MAX_SEEDS = 1000  # seeds per prompt
+MAX_IMAGES = 4096  # prompts x seeds: the contact sheet of 4096 images is about 1024 x 88,000 pixels
 
 
 @dataclass
@@ -142,8 +145,14 @@ def evaluate(base: RunConfig, prompts: list[str], seeds: int, output_dir: Path, 
     ``expected`` gives the attributes each prompt names (default: read from the prompt's words);
     ``groups`` names a group for each prompt (its wording), which the report scores apart too.
     Prompts that the CLIPs' pack reads alike (:func:`pixgen.models.packs.read_prompts`) give the same image for a seed,
-    so each is generated once.
+    so each is generated once. The folder is held (:func:`pixgen.folder_lock.hold_folder`) from the first
+    image to the contact sheet: another writer of it meanwhile gets OutputBusy and touches nothing.
     """
+    if not 1 <= seeds <= MAX_SEEDS:
+        raise ConfigError(f"invalid value {seeds} for --seeds: must be between 1 and {MAX_SEEDS}")
+    if len(prompts) * seeds > MAX_IMAGES:
+        raise ConfigError(f"{len(prompts)} prompts x {seeds} seeds make {len(prompts) * seeds:,} images; "
+                          f"the limit is {MAX_IMAGES:,}")
     output_dir = Path(output_dir)
     if output_dir.exists() and not output_dir.is_dir():
         raise OutputExists(f"output {output_dir} exists and is not a folder")
@@ -152,31 +161,34 @@ def evaluate(base: RunConfig, prompts: list[str], seeds: int, output_dir: Path, 
     check_prompts(base, prompts, world, expected)
     models, loaded = load_models(base)
     clip_scorer = ClipClassifier(models.clips[0], world)
-    verdicts = []
-    generated: dict[tuple, tuple[torch.Tensor, float]] = {}  # (run prompts, seed) -> image, seconds
-    for index, prompt in enumerate(prompts):
-        for seed in range(seeds):
-            config = replace(base, prompt=prompt, seed=seed)
-            key = (tuple(run_prompts(config, models.clips)), seed)
-            if key not in generated:
-                start = time.perf_counter()
-                generated[key] = final_image(config, models), time.perf_counter() - start
-            image, seconds = generated[key]
-            name = f"images/{index:03d}-{slugify(prompt, 40)}-s{seed}.png"
-            save_png(output_dir / name, to_pixels(image), png_text(config, loaded, config.steps))
-            (strict,), (forced,) = judge.predict_both(image)
-            named = expected[index] if expected else world.expected(prompt)
-            restated = read_as(config, models.clips).get(prompt)
-            verdict = Verdict(prompt, seed, name, named, strict, forced,
-                              clip_scorer.predict(image)[0], round(seconds, 3), restated,
-                              groups[index] if groups else None)
-            verdicts.append(verdict)
-            if on_image is not None:
-                on_image(verdict)
-    report = summarise(base, verdicts)
-    atomic_write_text(output_dir / REPORT_NAME, json.dumps(report, indent=2))
-    contact_sheet(output_dir, verdicts)
-    return report
+    with hold_folder(output_dir):  # another writer of this folder meanwhile: OutputBusy, nothing touched
+        if (output_dir / REPORT_NAME).exists() and not overwrite:  # written meanwhile
+            raise OutputExists(f"{output_dir / REPORT_NAME} exists; pass --overwrite or choose another --output")
+        verdicts = []
+        generated: dict[tuple, tuple[torch.Tensor, float]] = {}  # (run prompts, seed) -> image, seconds
+        for index, prompt in enumerate(prompts):
+            for seed in range(seeds):
+                config = replace(base, prompt=prompt, seed=seed)
+                key = (tuple(run_prompts(config, models.clips)), seed)
+                if key not in generated:
+                    start = time.perf_counter()
+                    generated[key] = final_image(config, models), time.perf_counter() - start
+                image, seconds = generated[key]
+                name = f"images/{index:03d}-{slugify(prompt, 40)}-s{seed}.png"
+                save_png(output_dir / name, to_pixels(image), png_text(config, loaded, config.steps))
+                (strict,), (forced,) = judge.predict_both(image)
+                named = expected[index] if expected else world.expected(prompt)
+                restated = read_as(config, models.clips).get(prompt)
+                verdict = Verdict(prompt, seed, name, named, strict, forced,
+                                  clip_scorer.predict(image)[0], round(seconds, 3), restated,
+                                  groups[index] if groups else None)
+                verdicts.append(verdict)
+                if on_image is not None:
+                    on_image(verdict)
+        report = summarise(base, verdicts)
+        atomic_write_text(output_dir / REPORT_NAME, json.dumps(report, indent=2))
+        contact_sheet(output_dir, verdicts)
+        return report
 
 
 def accuracy(verdicts: list[Verdict], scorer: str) -> dict[str, float]:
@@ -226,7 +238,7 @@ def contact_sheet(output_dir: Path, verdicts: list[Verdict], tile: int = 128, co
     draw = ImageDraw.Draw(sheet)
     for i, verdict in enumerate(verdicts):
         x, y = (i % columns) * tile, (i // columns) * (tile + caption_height)
-        with Image.open(output_dir / verdict.image) as image:
+        with open_image(output_dir / verdict.image, "image") as image:
             sheet.paste(image.convert("RGB").resize((tile, tile), Image.NEAREST), (x, y))
         marks = verdict.correct("judge")
         ok = all(marks.values())

@@ -148,13 +148,13 @@ class Registry:
         return list(self.entries[kind])
 
     def get(self, kind: str, name: str) -> ModelEntry:
-        """Look a model up by name; the error lists close matches or all names."""
+        """Look a model up by name; the error names close matches, or where the list is."""
         try:
             return self.entries[kind][name]
         except KeyError:
             names = self.names(kind)
             close = difflib.get_close_matches(name, names, n=3)
-            hint = f"did you mean {', '.join(close)}?" if close else f"available: {', '.join(names)}"
+            hint = f"did you mean {', '.join(close)}?" if close else "see pixgen models list"
             raise UnknownModel(f"unknown {kind} model {name!r}; {hint}") from None
 
     def find(self, name: str) -> list[ModelEntry]:

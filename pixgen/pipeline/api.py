@@ -49,11 +49,11 @@ def render(prompt: str = "", *, preset: str = DEFAULT_PRESET, output: str | Path
            overwrite: bool = False, **settings: Any) -> Image.Image:
     """Generate one image for ``prompt`` and return it; with ``output``, also write it as ``pixgen run -o`` does."""
     if output is not None:
+        from pixgen.pipeline.output import open_image
         from pixgen.pipeline.runner import run
 
         result = run(make_config(prompt, preset, **settings), Path(output), overwrite=overwrite)
-        with Image.open(result.image_path) as image:
-            image.load()
+        with open_image(result.image_path, "image") as image:
             return image.copy()
     *_, (_step, image) = render_steps(prompt, preset=preset, every=10**9, **settings)
     return image

@@ -54,6 +54,17 @@ def estimate_step_bytes(config: RunConfig, models) -> int:
     return total
 
 
+def weight_bytes(models) -> int:
+    """Bytes of the loaded models' weights (parameters and buffers)."""
+    modules = (models.vqgan, *models.clips)
+    return sum(t.numel() * t.element_size() for module in modules for t in (*module.parameters(), *module.buffers()))
+
+
+def run_bytes(config: RunConfig, models) -> int:
+    """Bytes one run holds at its peak, roughly: its models' weights and one step (estimate_step_bytes)."""
+    return weight_bytes(models) + estimate_step_bytes(config, models)
+
+
 def available_bytes(device: torch.device) -> int | None:
     """Free memory on ``device``: VRAM for CUDA, MemAvailable for the CPU; None when unknown."""
     if device.type == "cuda":

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import struct
+import subprocess
+import warnings
+import zlib
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, PngImagePlugin
+from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
 from pixgen.errors import InputError, OutputError
-from pixgen.fileio import atomic_path
+from pixgen.fileio import atomic_path, write_failure
 
 
 def to_pixels(image) -> np.ndarray:
@@ -58,9 +63,54 @@ def save_image(path: Path, pixels: np.ndarray, text: dict[str, str] | None = Non
         Image.fromarray(pixels).save(temp, format=fmt, quality=95, exif=exif)
 
 
+# The most pixels pixgen decodes from one image file (Pillow's default limit, set here explicitly): a
+# header that claims more is refused before anything is decoded, wherever pixgen reads an image.
+MAX_IMAGE_PIXELS = 89_478_485
+# What Pillow raises for a file that is not an image it can decode whole: foreign, truncated, damaged.
+UNREADABLE = (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError, struct.error, zlib.error)
+
+
+def open_image(path: Path | str, what: str, hint: str | None = None, kind: str = "image") -> Image.Image:
+    """Read the image file ``path`` whole (pixels and text chunks); a missing, foreign, truncated,
+    damaged or oversized file is one InputError naming it as ``what`` (e.g. "init image"; "": the
+    path alone), that it is "not a readable ``kind``", and ``hint`` (what to do)."""
+    name = f"{what} {path}" if what else str(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the check below says it in one line
+            image = Image.open(path)
+            try:
+                width, height = image.size
+                if width * height > MAX_IMAGE_PIXELS:
+                    raise InputError(f"{name} is too large to read safely ({width}x{height} pixels, over "
+                                     f"{MAX_IMAGE_PIXELS:,}); downscale it first")
+                image.load()
+            except BaseException:
+                image.close()
+                raise
+    except FileNotFoundError:
+        raise InputError(f"{name} does not exist") from None
+    except IsADirectoryError:
+        raise InputError(f"{name} is a folder, not an image") from None
+    except PermissionError as err:
+        raise InputError(f"{name} cannot be read: {err.strerror}") from None
+    except Image.DecompressionBombError:  # Pillow's own limit, twice its default: refused before our check
+        raise InputError(f"{name} is too large to read safely (over {MAX_IMAGE_PIXELS:,} pixels); "
+                         "downscale it first") from None
+    except UNREADABLE:
+        raise InputError(f"{name} is not a readable {kind}" + (f"; {hint}" if hint else "")) from None
+    return image
+
+
+def read_pixels(path: Path | str, what: str, hint: str | None = None) -> np.ndarray:
+    """An image file as (H, W, 3) uint8 RGB pixels; one-line InputError as :func:`open_image`."""
+    with open_image(path, what, hint) as image:
+        return np.asarray(image.convert("RGB"))
+
+
 def read_user_comment(path: Path) -> str | None:
     """The EXIF UserComment of a JPEG/WebP (the ``parameters`` text), decoded."""
-    with Image.open(path) as image:
+    with open_image(path, "image") as image:
         raw = image.getexif().get_ifd(EXIF_IFD).get(USER_COMMENT)
     if raw is None:
         return None
@@ -79,9 +129,8 @@ def _is_latin1(text: str) -> bool:
 
 def read_png_text(path: Path) -> dict[str, str]:
     """The text chunks of a PNG (the recipe pixgen stored in it)."""
-    with Image.open(path) as image:
-        image.load()
-        return dict(image.text)
+    with open_image(path, "image") as image:
+        return dict(getattr(image, "text", {}))
 
 
 def save_gif(path: Path, frames: list[np.ndarray], fps: float) -> None:
@@ -118,14 +167,41 @@ def save_video(path: Path, frames: list[np.ndarray], fps: float) -> None:
     codec = VIDEO_CODECS.get(Path(path).suffix.lower())
     if codec is None:
         raise InputError(f"cannot write video {path}: use a .mp4 or .webm file name")
-    ffmpeg_binary()
+    exe = ffmpeg_binary()
     height, width = frames[0].shape[:2]
     # yuv420p needs even sides; pad by repeating the last row/column.
     padded = [np.pad(f, ((0, height % 2), (0, width % 2), (0, 0)), mode="edge") for f in frames]
     with atomic_path(path) as temp:
         try:
             iio.imwrite(temp, np.stack(padded), extension=Path(path).suffix.lower(), fps=fps, codec=codec,
-                        macro_block_size=1)
-        except (RuntimeError, BrokenPipeError) as err:
-            raise OutputError(f"ffmpeg could not encode {path}: {str(err).splitlines()[0] if str(err) else err}"
-                              ) from None
+                        macro_block_size=1, ffmpeg_log_level="error")  # ffmpeg's errors, not its warnings
+            problem = video_problem(exe, temp, len(padded))
+        except (RuntimeError, OSError) as err:  # imageio reports a dead ffmpeg as a broken pipe
+            problem = str(err).splitlines()[0] if str(err) else type(err).__name__
+            fault = write_failure(path, err, temp)
+        else:
+            fault = write_failure(path, RuntimeError(problem), temp) if problem else None
+        if problem:  # a failed write (full disk, size limit) says so; anything else is ffmpeg's
+            raise fault or OutputError(f"ffmpeg could not encode {path}: {problem}")
+
+
+def video_problem(exe: str, path: Path, frames: int) -> str | None:
+    """What is wrong with the video ffmpeg wrote at ``path`` (unreadable, or not ``frames`` frames), or None.
+
+    imageio does not look at ffmpeg's exit status, so a video cut short (full disk, file-size
+    limit, ffmpeg killed) would otherwise pass for a whole one. This reads the packets back
+    (``-c copy``: nothing is decoded) and counts them.
+    """
+    command = [exe, "-hide_banner", "-nostdin", "-v", "error", "-stats", "-i", str(path), "-map", "0:v:0",
+               "-c", "copy", "-f", "null", "-"]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, errors="replace", timeout=600)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        return f"the written video could not be checked ({err})"
+    counts = re.findall(r"frame=\s*(\d+)", done.stderr)
+    if done.returncode != 0 or not counts:
+        lines = [line.strip() for line in done.stderr.splitlines() if line.strip() and "frame=" not in line]
+        return "the written video is unreadable" + (f" ({lines[-1][:160]})" if lines else "")
+    if int(counts[-1]) != frames:
+        return f"the written video holds {counts[-1]} of {frames} frames"
+    return None

@@ -124,16 +124,10 @@ def _quoted(value) -> str:
 
 def read_recipe(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
     """The config mapping and input hashes stored in a pixgen PNG."""
-    from PIL import Image, UnidentifiedImageError
+    from pixgen.pipeline.output import open_image
 
-    try:
-        with Image.open(path) as image:
-            image.load()
-            text = dict(getattr(image, "text", {}))
-    except FileNotFoundError:
-        raise InputError(f"{path} does not exist") from None
-    except (UnidentifiedImageError, OSError, ValueError):
-        raise InputError(f"{path} is not a readable PNG") from None
+    with open_image(path, "", kind="PNG") as image:  # one line for a missing, foreign, damaged or oversized file
+        text = dict(getattr(image, "text", {}))
     if "config" not in text:
         raise InputError(f"{path} carries no pixgen recipe (no 'config' text chunk)")
     try:

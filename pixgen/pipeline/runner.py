@@ -8,10 +8,11 @@ and ``state.pt`` (latents, optimiser and RNG state, to resume an interrupted run
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import re
 import secrets
 import time
-import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -20,17 +21,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 
 from pixgen.config import RunConfig, config_from_mapping, config_to_yaml, read_yaml_mapping, validate
 from pixgen.engine.loop import OPTIMIZERS, Models, Step, generate, latent_grid
 from pixgen.errors import InputError, OutOfMemory, OutputError, OutputExists
 from pixgen.fileio import atomic_path, atomic_write_text
+from pixgen.folder_lock import hold_folder
 from pixgen.models.factory import Loaded, load_clip, load_vqgan
 from pixgen.models.registry import load_registry
 from pixgen.pipeline.devices import pick_device
 from pixgen.pipeline.memory import check_memory, is_out_of_memory, out_of_memory_message
-from pixgen.pipeline.output import IMAGE_FORMATS, save_gif, save_image, save_png, to_pixels
+from pixgen.pipeline.output import IMAGE_FORMATS, read_pixels, save_gif, save_image, save_png, to_pixels
 from pixgen.pipeline.recipe import input_hashes, png_text, prompts_read_as
 from pixgen.prompts import parse_image_prompts
 
@@ -134,21 +135,8 @@ def remove_outputs(path: Path) -> None:
 
 
 def read_image(path: str, what: str) -> torch.Tensor:
-    """An image file -> (1, 3, H, W) float tensor in [0, 1]."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
-                pixels = np.asarray(image.convert("RGB"), dtype=np.float32) / 255
-    except FileNotFoundError:
-        raise InputError(f"{what} {path} does not exist") from None
-    except IsADirectoryError:
-        raise InputError(f"{what} {path} is a folder, not an image") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise InputError(f"{what} {path} is too large to read safely (over {Image.MAX_IMAGE_PIXELS // 2} "
-                         "pixels); downscale it first") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
-        raise InputError(f"{what} {path} is not a readable image") from None
+    """An image file -> (1, 3, H, W) float tensor in [0, 1]; one-line InputError as output.open_image."""
+    pixels = read_pixels(path, what).astype(np.float32) / 255
     return torch.from_numpy(pixels).permute(2, 0, 1).unsqueeze(0)
 
 
@@ -236,16 +224,27 @@ def run(config: RunConfig, output_dir: Path | None = None, *, overwrite: bool = 
     Everything is checked before the output folder is created or changed. Ctrl-C
     (KeyboardInterrupt) stops early but keeps the work: the image and ``state.pt`` of the last
     whole step, the frames and the GIF are written, and ``RunResult.completed`` is False.
+    From its first change to the end the run holds the folder (:func:`pixgen.folder_lock.hold_folder`):
+    another writer of it meanwhile gets OutputBusy and touches nothing.
     """
     job = prepare(config, on_load)
+    output_dir, image_path = run_location(output_dir if output_dir is not None else default_output_dir(job.config))
+    if resume is None:
+        claim_image_path(image_path, output_dir, overwrite)  # and again once the folder is held
+    with hold_folder(output_dir) as made:
+        return _run_held(job, output_dir, image_path, overwrite, on_step, resume, made)
+
+
+def _run_held(job: Prepared, output_dir: Path, image_path: Path, overwrite: bool,
+              on_step: Callable[[Step], None] | None, resume: dict | None, made: bool) -> RunResult:
+    """:func:`run` in a folder this process holds (``made``: holding it created it)."""
     config = job.config
-    output_dir, image_path = run_location(output_dir if output_dir is not None else default_output_dir(config))
     if resume is not None:
         check_state(resume, config, job.models, output_dir / STATE_NAME)
         created = False
     else:
         claim_image_path(image_path, output_dir, overwrite)
-        created = claim_output_dir(output_dir, overwrite)
+        created = claim_output_dir(output_dir, overwrite) or made
 
     # frames past the checkpoint (a kill between a frame and its state) are made again, not kept twice
     frames = [f for f in sorted((output_dir / FRAMES_DIR).glob("step-*.png"))
@@ -264,7 +263,7 @@ def run(config: RunConfig, output_dir: Path | None = None, *, overwrite: bool = 
                 if not config_written:  # the same text all run long: once is enough
                     atomic_write_text(output_dir / CONFIG_NAME, config_text)
                     config_written = True
-                save_state(output_dir / STATE_NAME, last)
+                save_state(output_dir / STATE_NAME, last, config)
         completed = True
     except KeyboardInterrupt:
         if last is None:
@@ -276,7 +275,7 @@ def run(config: RunConfig, output_dir: Path | None = None, *, overwrite: bool = 
         if not is_out_of_memory(err):
             raise
         if last is not None:
-            save_state(output_dir / STATE_NAME, last)
+            save_state(output_dir / STATE_NAME, last, config)
         else:
             _forget_unstarted(output_dir, created)
         raise OutOfMemory(out_of_memory_message(config, job.models.device)) from None
@@ -310,21 +309,38 @@ def _finish(job: Prepared, output_dir: Path, image_path: Path, last: Step, frame
     pixels = to_pixels(last.image())
     text = png_text(config, job.loaded, last.step, str(job.models.device), job.inputs)
     save_image(image_path, pixels, text)
-    atomic_write_text(output_dir / CONFIG_NAME, config_text)  # before the state, as at every checkpoint
-    save_state(output_dir / STATE_NAME, last)
     gif_path = None
     if config.gif:
         gif_path = output_dir / GIF_NAME
-        gif_frames = [np.asarray(Image.open(path).convert("RGB")) for path in frames] + [pixels]
+        gif_frames = [read_pixels(path, "progress frame", hint="delete it, then pixgen resume the run")
+                      for path in frames] + [pixels]
         save_gif(gif_path, gif_frames, config.gif_fps)
+    # the state last: if a write above fails, the state of the last checkpoint stays and a resume completes the run
+    atomic_write_text(output_dir / CONFIG_NAME, config_text)  # before the state, as at every checkpoint
+    save_state(output_dir / STATE_NAME, last, config)
     return RunResult(output_dir, image_path, config.seed, last.step, completed, frames, gif_path, last.loss,
                      prompts_read_as(config, job.loaded))
 
 
-def save_state(path: Path, step: Step) -> None:
-    """Write the resume checkpoint (tensors and numbers only, readable with weights_only=True)."""
+IDENTITY_KEYS = ("seed", "prompt", "negative_prompts", "image_prompts", "noise_prompts", "size", "vqgan", "clip",
+                 "init", "init_image")
+
+
+def run_identity(config: RunConfig) -> str:
+    """What a state file records of the run that wrote it: a hash of the settings that make it that
+    run (seed, prompts, size, models, start). Not the step count (a resume may raise it), the device
+    (a batch worker may run it elsewhere), nor settings a later pixgen may add."""
+    values = {key: getattr(config, key) for key in IDENTITY_KEYS}
+    recipe = json.dumps({k: v if v is None or isinstance(v, (str, int)) else list(v) for k, v in values.items()},
+                        sort_keys=True)
+    return hashlib.sha256(recipe.encode("utf-8")).hexdigest()[:16]
+
+
+def save_state(path: Path, step: Step, config: RunConfig) -> None:
+    """Write the resume checkpoint of ``config``'s run (tensors, numbers and its identity only,
+    readable with weights_only=True)."""
     with atomic_path(path) as temp:
-        torch.save(step.checkpoint(), temp)
+        torch.save({**step.checkpoint(), "run": run_identity(config)}, temp)
 
 
 def read_state(path: Path) -> dict:
@@ -339,14 +355,19 @@ def read_state(path: Path) -> dict:
     ok = (isinstance(state, dict) and isinstance(state.get("step"), int) and state["step"] >= 1
           and isinstance(state.get("z"), torch.Tensor) and state["z"].is_floating_point() and state["z"].dim() == 4
           and isinstance(state.get("optimizer"), dict) and isinstance(state.get("generator"), torch.Tensor)
-          and state["generator"].dtype == torch.uint8)
+          and state["generator"].dtype == torch.uint8 and isinstance(state.get("run", ""), str))
     if not ok:
         raise InputError(f"{path} is not a pixgen state file (missing or mistyped step, z, optimizer, generator)")
     return state
 
 
 def check_state(state: dict, config: RunConfig, models: Models, path: Path) -> None:
-    """Refuse a checkpoint that does not fit this run's latent grid or optimiser."""
+    """Refuse a checkpoint of another run (one that records another config), or one that does not fit
+    this run's latent grid or optimiser. States written before pixgen recorded their run have only
+    the second check."""
+    if state.get("run", run_identity(config)) != run_identity(config):
+        raise InputError(f"{path} belongs to another run (it records another config than this run's "
+                         f"{CONFIG_NAME}); it cannot be resumed here")
     expected = (1, models.vqgan.config.embed_dim, *latent_grid(config.size, models.vqgan))
     if tuple(state["z"].shape) != expected:
         raise InputError(f"{path} holds latents of shape {tuple(state['z'].shape)}, but this run's "
@@ -391,10 +412,11 @@ def resume_run(output: Path, *, steps: int | None = None, on_step: Callable[[Ste
         config = replace(config, steps=steps)
         validate(config)
     target = output_dir if image_path == output_dir / IMAGE_NAME else image_path
-    if not state_path.is_file():  # killed before its first checkpoint: the seed makes a fresh start exact
-        return run(config, target, overwrite=True, on_step=on_step, on_load=on_load)
-    state = read_state(state_path)
-    if state["step"] >= config.steps:
-        raise InputError(f"{output_dir} already ran {state['step']} of {config.steps} steps; "
-                         "pass --steps with a larger total to continue")
-    return run(config, target, on_step=on_step, resume=state, on_load=on_load)
+    with hold_folder(output_dir):  # the state read is the one continued: no other writer meanwhile
+        if not state_path.is_file():  # killed before its first checkpoint: the seed makes a fresh start exact
+            return run(config, target, overwrite=True, on_step=on_step, on_load=on_load)
+        state = read_state(state_path)
+        if state["step"] >= config.steps:
+            raise InputError(f"{output_dir} already ran {state['step']} of {config.steps} steps; "
+                             "pass --steps with a larger total to continue")
+        return run(config, target, on_step=on_step, resume=state, on_load=on_load)

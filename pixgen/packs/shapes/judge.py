@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
@@ -119,8 +119,13 @@ def judge_metadata(cfg: JudgeConfig) -> dict[str, str]:
 
 
 def load_judge(path: str | Path | None = None) -> Judge:
-    """Load the judge from an fp16 safetensors file (default: the weights shipped in the package)."""
-    from safetensors import safe_open
+    """Load the judge from an fp16 safetensors file (default: the weights shipped in the package).
+
+    A file that is not readable safetensors, lacks the judge's metadata or holds other tensors
+    (names or shapes) than the architecture its metadata describes is one CheckpointError naming it;
+    the tensors' data are read only once their names and shapes fit.
+    """
+    from safetensors import SafetensorError, safe_open
 
     path = Path(path) if path is not None else DEFAULT_PATH
     if not path.is_file():
@@ -128,13 +133,59 @@ def load_judge(path: str | Path | None = None) -> Judge:
             f"Judge weights not found at {path}; train them with "
             "`python -m pixgen.packs.shapes.train_judge --out pixgen/packs/shapes/weights/shapes-judge.safetensors`."
         )
-    with safe_open(str(path), framework="pt") as f:
-        metadata = f.metadata() or {}
-        state = {key: f.get_tensor(key).float() for key in f.keys()}  # noqa: SIM118
-    if metadata.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a shapes judge (format {metadata.get('format')!r}, expected {FORMAT!r}).")
-    if json.loads(metadata.get("classes", "{}")) != {name: list(names) for name, names in CLASSES.items()}:
-        raise CheckpointError(f"{path} was trained for other classes than {CLASSES}; retrain it.")
-    net = JudgeNet(JudgeConfig(**json.loads(metadata["config"])))
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+            if metadata.get("format") != FORMAT:
+                raise CheckpointError(f"{path} is not a shapes judge (format {metadata.get('format')!r}, "
+                                      f"expected {FORMAT!r}).")
+            if _json(metadata, "classes", path) != {name: list(names) for name, names in CLASSES.items()}:
+                raise CheckpointError(f"{path} was trained for other classes than {CLASSES}; retrain it.")
+            cfg = _judge_config(_json(metadata, "config", path), path)
+            _check_tensors(path, cfg, {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()})  # noqa: SIM118
+            state = {key: f.get_tensor(key).float() for key in f.keys()}  # noqa: SIM118
+    except (SafetensorError, OSError) as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise CheckpointError(f"{path} is not a readable safetensors file ({reason}).") from None
+    net = JudgeNet(cfg)
     net.load_state_dict(state)
     return Judge(net)
+
+
+def _json(metadata: dict[str, str], key: str, path: Path):
+    """A JSON value of the judge's metadata; one line when it is missing or not JSON."""
+    try:
+        return json.loads(metadata[key])
+    except (KeyError, TypeError, ValueError):
+        raise CheckpointError(f"{path} is not a shapes judge: its metadata has no readable {key!r}.") from None
+
+
+def _judge_config(data, path: Path) -> JudgeConfig:
+    """The JudgeConfig the metadata records, checked: known fields, a sane width and dropout."""
+    names = {f.name for f in fields(JudgeConfig)}
+    if not isinstance(data, dict) or not set(data) <= names:
+        raise CheckpointError(f"{path} is not a shapes judge: its metadata's 'config' is not a judge "
+                              f"architecture (fields {sorted(names)}).")
+    cfg = JudgeConfig(**data)
+    width_ok = isinstance(cfg.width, int) and not isinstance(cfg.width, bool) and 1 <= cfg.width <= 4096
+    dropout_ok = isinstance(cfg.dropout, (int, float)) and 0 <= cfg.dropout < 1
+    if not (width_ok and dropout_ok):
+        raise CheckpointError(f"{path} is not a shapes judge: its metadata's 'config' has width {cfg.width!r} "
+                              f"and dropout {cfg.dropout!r}.")
+    return cfg
+
+
+def _check_tensors(path: Path, cfg: JudgeConfig, shapes: dict[str, tuple[int, ...]]) -> None:
+    """Refuse a file whose tensor names or shapes differ from the architecture's, in one line."""
+    with torch.device("meta"):  # shapes only: nothing is allocated
+        expected = {key: tuple(value.shape) for key, value in JudgeNet(cfg).state_dict().items()}
+    missing, unexpected = sorted(set(expected) - set(shapes)), sorted(set(shapes) - set(expected))
+    if missing or unexpected:
+        parts = [f"{len(missing)} tensor(s) missing (e.g. {missing[0]})" if missing else "",
+                 f"{len(unexpected)} unexpected (e.g. {unexpected[0]})" if unexpected else ""]
+        raise CheckpointError(f"{path} does not hold the tensors of a shapes judge of width {cfg.width}: "
+                              f"{', '.join(p for p in parts if p)}.")
+    for key, shape in expected.items():
+        if shapes[key] != shape:
+            raise CheckpointError(f"{path} does not hold the tensors of a shapes judge of width {cfg.width}: "
+                                  f"{key} is {list(shapes[key])}, expected {list(shape)}.")
