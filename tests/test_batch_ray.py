@@ -230,10 +230,15 @@ def test_ctrl_c_on_ray_saves_running_jobs_and_a_rerun_completes_exactly(tmp_path
     scratch = Path(tempfile.gettempdir())
     stale = set(scratch.glob("pixgen-ray-*"))  # left by actors killed earlier: not this batch's
 
+    def checkpoint_seen() -> bool:
+        try:
+            return any(path.parents[1] not in stale for job in jobs
+                       for path in scratch.glob(f"pixgen-ray-*/{job.folder.name}/state.pt"))
+        except FileNotFoundError:  # a scratch folder removed while globbing (a new actor clears dead ones)
+            return False
+
     def ctrl_c_at_a_checkpoint():  # once a job has one in its actor's scratch folder (on this machine)
-        wait_for(lambda: any(path.parents[1] not in stale for job in jobs
-                             for path in scratch.glob(f"pixgen-ray-*/{job.folder.name}/state.pt")),
-                 timeout=300)  # a loaded machine can take over a minute to start the actors and load models
+        wait_for(checkpoint_seen, timeout=300)  # a loaded machine can take over a minute to start the actors
         _thread.interrupt_main()
 
     def ctrl_c_soon(news):
