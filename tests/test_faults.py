@@ -396,3 +396,13 @@ def test_eval_with_a_garbage_judge_is_one_line(tmp_path, tiny_preset):
     result = invoke("eval", "--preset", tiny_preset, "--judge", judge, "-o", tmp_path / "eval", "-q")
     one_line_error(result, f"{judge} is not a readable safetensors file")
     assert not (tmp_path / "eval").exists()
+
+
+def test_a_failed_write_mid_run_says_how_to_continue(tmp_path, tiny_preset):
+    out = tmp_path / "out"
+    proc = pixgen_limited(STATE_FITS, "run", "a red circle", "--preset", tiny_preset, "-o", out, "-q", "--seed", "3")
+    assert proc.returncode == 1
+    assert f"continue with: pixgen resume {out}" in proc.stderr
+    again = invoke("run", "a red circle", "--preset", tiny_preset, "-o", out, "-q", "--seed", "3")
+    assert again.exit_code == 1 and "already holds run.yaml" in again.output  # the same command is refused
+    assert invoke("resume", out, "-q").exit_code == 0  # the advice works

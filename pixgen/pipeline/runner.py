@@ -232,7 +232,13 @@ def run(config: RunConfig, output_dir: Path | None = None, *, overwrite: bool = 
     if resume is None:
         claim_image_path(image_path, output_dir, overwrite)  # and again once the folder is held
     with hold_folder(output_dir) as made:
-        return _run_held(job, output_dir, image_path, overwrite, on_step, resume, made)
+        try:
+            return _run_held(job, output_dir, image_path, overwrite, on_step, resume, made)
+        except OutputError as err:
+            if type(err) is not OutputError or not (output_dir / CONFIG_NAME).is_file():
+                raise
+            # a write failed (a full disk) once the run was under way: what it saved resumes
+            raise OutputError(f"{err}; once that is fixed, continue with: pixgen resume {output_dir}") from None
 
 
 def _run_held(job: Prepared, output_dir: Path, image_path: Path, overwrite: bool,
