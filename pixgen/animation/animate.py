@@ -46,7 +46,7 @@ from pixgen.engine.loop import Models, Step, generate, latent_grid, seed_everyth
 from pixgen.errors import ConfigError, InputError, OutputExists
 from pixgen.fileio import atomic_path, atomic_write_text
 from pixgen.folder_lock import hold_folder
-from pixgen.pipeline.output import read_pixels, save_gif, save_png, save_video, to_pixels
+from pixgen.pipeline.output import open_image, read_pixels, save_gif, save_png, save_video, to_pixels
 from pixgen.pipeline.recipe import png_text, prompts_read_as
 from pixgen.pipeline.runner import (
     CONFIG_NAME,
@@ -54,7 +54,6 @@ from pixgen.pipeline.runner import (
     Prepared,
     default_output_dir,
     prepare,
-    read_image,
     run_identity,
 )
 
@@ -408,7 +407,7 @@ def check_frames(folder: Path, count: int) -> None:
         if not path.is_file():
             raise InputError(f"animation frame {path} is missing, so {folder} cannot be resumed; render it again with "
                              "pixgen animate … --overwrite")
-        read_image(str(path), "animation frame")  # one line for a truncated, foreign or oversized file
+        open_image(path, "animation frame").close()  # decoded whole: one line for a truncated, foreign or huge file
 
 
 def read_animation_state(path: Path) -> dict[str, Any]:

@@ -81,7 +81,8 @@ def resume_point(job: Job) -> int | None:
         state = read_state(folder / STATE_NAME)
     except PixgenError:
         return None
-    if state.get("run", run_identity(job.config)) != run_identity(job.config):  # another run's state
+    identity = run_identity(job.config)
+    if state.get("run", identity) != identity:  # another run's state
         return None
     return state["step"] if state["step"] < job.config.steps else None
 

@@ -371,7 +371,8 @@ def check_state(state: dict, config: RunConfig, models: Models, path: Path) -> N
     """Refuse a checkpoint of another run (one that records another config), or one that does not fit
     this run's latent grid or optimiser. States written before pixgen recorded their run have only
     the second check."""
-    if state.get("run", run_identity(config)) != run_identity(config):
+    identity = run_identity(config)
+    if state.get("run", identity) != identity:
         raise InputError(f"{path} belongs to another run (it records another config than this run's "
                          f"{CONFIG_NAME}); it cannot be resumed here")
     expected = (1, models.vqgan.config.embed_dim, *latent_grid(config.size, models.vqgan))
