@@ -33,11 +33,12 @@ class Card:
     steps: int
     loss: float | None
     done: bool
+    picture: str = IMAGE_NAME  # the file shown, relative to the job folder (an animation: its last frame)
 
     @property
     def image(self) -> str:
         """The image's path relative to the batch folder."""
-        return f"{self.folder}/{IMAGE_NAME}"
+        return f"{self.folder}/{self.picture}"
 
 
 def tile_sheet(tiles: list[tuple[Path | None, list[str]]], tile: int = 128, columns: int = 8,

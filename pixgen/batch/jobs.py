@@ -117,16 +117,27 @@ class Batch:
     """The parent's side of a batch: the log, each job's state, and the gallery."""
 
     def __init__(self, jobs: list[Job], root: Path, on_event: Callable[[BatchEvent], None] | None):
-        self.root, self.jobs, self.on_event = Path(root), jobs, on_event
+        self.root, self.on_event = Path(root), on_event
         self.log = BatchLog(self.root / LOG_NAME)
-        self.result = BatchResult(jobs)
+        self.jobs: list[Job] = []
+        self.result = BatchResult(self.jobs)
         self.ends = self.log.last_ends()
         self.running: set[str] = set()  # folders of jobs logged as started, not yet ended or failed
         for job in jobs:
-            check_folder(job.folder, self.root)
-            verified = is_verified(job.folder, job.key, self.ends.get(job.folder.name)) and records_config(job)
-            self.result.status[job.folder.name] = "done" if verified else "pending"
-            self.result.skipped += verified
+            self.add(job)
+
+    def add(self, job: Job) -> bool:
+        """Take one more job (``pixgen serve`` adds them as they are submitted); True if it is already done."""
+        check_folder(job.folder, self.root)
+        verified = self.is_done(job)
+        self.jobs.append(job)
+        self.result.status[job.folder.name] = "done" if verified else "pending"
+        self.result.skipped += verified
+        return verified
+
+    def is_done(self, job: Job) -> bool:
+        """Whether the job's last end record is its own and its files are intact, made with its whole config."""
+        return is_verified(job.folder, job.key, self.ends.get(job.folder.name)) and records_config(job)
 
     def todo(self) -> list[Job]:
         """Jobs still to run, those sharing models back to back (first appearance order)."""

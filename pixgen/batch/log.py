@@ -20,6 +20,9 @@ from pixgen.fileio import write_error
 from pixgen.pipeline.runner import CONFIG_NAME, FRAMES_DIR, GIF_NAME, IMAGE_NAME
 
 LOG_NAME = "batch.jsonl"
+# What an animation leaves (pixgen.animation.animate's names; batch may not import it): `pixgen serve` queues
+# animations in a batch folder, and their end records list these files.
+ANIMATION_GIF, ANIMATION_VIDEO, ANIMATION_FRAMES = "animation.gif", "animation.mp4", "frame-*.png"
 
 
 class BatchLog:
@@ -104,8 +107,9 @@ def sha256_of(path: Path) -> str:
 
 def output_files(folder: Path) -> dict[str, str]:
     """sha256 of each output a finished run leaves in ``folder``, by path relative to it."""
-    names = [IMAGE_NAME, CONFIG_NAME, GIF_NAME] + sorted(
-        f"{FRAMES_DIR}/{p.name}" for p in (folder / FRAMES_DIR).glob("step-*.png"))
+    names = [IMAGE_NAME, CONFIG_NAME, GIF_NAME, ANIMATION_GIF, ANIMATION_VIDEO] + sorted(
+        f"{FRAMES_DIR}/{p.name}" for pattern in ("step-*.png", ANIMATION_FRAMES)
+        for p in (folder / FRAMES_DIR).glob(pattern))
     return {name: sha256_of(folder / name) for name in names if (folder / name).is_file()}
 
 
@@ -114,7 +118,7 @@ def is_verified(folder: Path, key: str, record: dict[str, Any] | None) -> bool:
     if record is None or record.get("key") != key or not isinstance(record.get("files"), dict):
         return False
     files = record["files"]
-    if IMAGE_NAME not in files:
+    if IMAGE_NAME not in files and ANIMATION_GIF not in files:  # a run's image, or an animation's GIF
         return False
     for name, digest in files.items():
         path = folder / name

@@ -188,8 +188,12 @@ def config_hash(config: RunConfig, chars: int = HASH_CHARS) -> str:
 
 def plan_batch(manifest_path: Path, output_dir: Path) -> list[Job]:
     """Every job of a manifest, validated and placed in ``output_dir``; writes nothing."""
-    resolved = [(label, name, *resolve_job(label, settings)) for label, name, settings in
-                expand(read_manifest(manifest_path))]
+    return plan_jobs(expand(read_manifest(manifest_path)), output_dir)
+
+
+def plan_jobs(expanded: list[tuple[str, str | None, dict[str, Any]]], output_dir: Path) -> list[Job]:
+    """Jobs from :func:`expand`'s (label, name, settings), validated and placed in ``output_dir``; writes nothing."""
+    resolved = [(label, name, *resolve_job(label, settings)) for label, name, settings in expanded]
     _refuse_duplicate_names([(label, name) for label, name, _, _ in resolved])
     auto = [f"{slugify(config.prompt.split('|')[0].split(':')[0], 40)}-s{config.seed}"
             for _, _, _, config in resolved]

@@ -44,6 +44,8 @@ class RayWorker:
 
         torch.set_num_threads(threads)
         self.stopping = threading.Event()
+        self.cancelled: int | None = None  # the run_id of a job to stop (pixgen serve's cancel)
+        self.latest: dict[str, Any] | None = None  # the running job's last progress, with a preview
         _remove_dead_scratch()
 
     def where(self) -> str:
@@ -53,13 +55,34 @@ class RayWorker:
         """Stop the running job at its next step (its state is saved and sent back); run no more."""
         self.stopping.set()
 
-    def run_job(self, job: Job, files: dict[str, bytes], device: str | None) -> dict[str, Any]:
-        """Run ``job`` from ``files`` (its half-done state, or nothing); its files, or why it did not finish."""
-        loaded: list[str] = []
+    def cancel(self, run_id: int) -> None:
+        """Stop the job started as ``run_id`` at its next step, if it is the one running (its state is sent back)."""
+        self.cancelled = run_id
 
-        def on_step(_step) -> None:
-            if self.stopping.is_set():
+    def progress(self) -> dict[str, Any] | None:
+        """The running job's progress since the last call (step, total, loss, a small preview), or None."""
+        latest, self.latest = self.latest, None
+        return latest
+
+    def run_job(self, job: Job, files: dict[str, bytes], device: str | None,
+                preview_every: float | None = None, run_id: int | None = None) -> dict[str, Any]:
+        """Run ``job`` from ``files`` (its half-done state, or nothing); its files, or why it did not finish.
+        With ``preview_every`` (seconds), :meth:`progress` has the job's progress with a preview image;
+        ``cancel(run_id)`` stops it (a later run of the same job has another run_id)."""
+        loaded: list[str] = []
+        sent = 0.0
+
+        def on_step(step) -> None:
+            nonlocal sent
+            if self.stopping.is_set() or (run_id is not None and self.cancelled == run_id):
                 raise KeyboardInterrupt
+            if preview_every is not None and (time.monotonic() - sent >= preview_every or step.step == step.total):
+                from pixgen.pipeline.output import preview_bytes
+
+                sent = time.monotonic()
+                data, media_type = preview_bytes(step.image())
+                self.latest = {"step": step.step, "total": step.total, "loss": round(float(step.loss), 6),
+                               "frame": None, "frames": None, "preview": data, "preview_type": media_type}
 
         def on_load(name: str, seconds: float | None) -> None:
             if seconds is not None:
@@ -132,9 +155,9 @@ def job_files(job: Job) -> dict[str, bytes]:
     return {name: data for name, data in read_files(job.folder).items() if name != IMAGE_NAME}
 
 
-def store(batch: Batch, job: Job, files: dict[str, bytes]) -> None:
-    """Put a job's files from its worker into its folder, then drop outputs of an earlier attempt."""
-    check_folder(job.folder, batch.root)
+def store(root: Path, job: Job, files: dict[str, bytes]) -> None:
+    """Put a job's files from its worker into its folder (inside ``root``), then drop outputs of an earlier attempt."""
+    check_folder(job.folder, root)
     write_files(job.folder, files)
     for path in (job.folder / FRAMES_DIR).glob("step-*.png"):
         if f"{FRAMES_DIR}/{path.name}" not in files:
@@ -273,6 +296,13 @@ def _collect(ray, batch: Batch, slot: _Running, ref, stopping: bool, deaths: dic
     return _finish(batch, slot, reply)
 
 
+def placed_result(result: RunResult, job: Job) -> RunResult:
+    """An actor's RunResult with its paths moved from the actor's scratch folder to the job folder."""
+    return replace(result, output_dir=job.folder, image_path=job.folder / IMAGE_NAME,
+                   frame_paths=[job.folder / FRAMES_DIR / p.name for p in result.frame_paths],
+                   gif_path=job.folder / GIF_NAME if result.gif_path else None)
+
+
 def _finish(batch: Batch, slot: _Running, reply: dict[str, Any]) -> bool:
     """Store and log one actor's reply; True when the batch must stop handing out jobs."""
     job = slot.job
@@ -280,11 +310,8 @@ def _finish(batch: Batch, slot: _Running, reply: dict[str, Any]) -> bool:
         return True
     if "error" in reply:
         return job_error(batch, job, reply["error"])
-    store(batch, job, reply["files"])
-    result: RunResult = reply["result"]
-    result = replace(result, output_dir=job.folder, image_path=job.folder / IMAGE_NAME,
-                     frame_paths=[job.folder / FRAMES_DIR / p.name for p in result.frame_paths],
-                     gif_path=job.folder / GIF_NAME if result.gif_path else None)
+    store(batch.root, job, reply["files"])
+    result = placed_result(reply["result"], job)
     batch.finished(job, result, time.perf_counter() - slot.start,
                    {"worker": reply["worker"], "loaded": reply["loaded"]})
     return not result.completed

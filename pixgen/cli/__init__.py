@@ -18,6 +18,7 @@ from pixgen.cli.evaluate import eval_command
 from pixgen.cli.models import models
 from pixgen.cli.presets import presets
 from pixgen.cli.run import export, resume, run
+from pixgen.cli.serve import serve
 
 ENVIRONMENT_HELP = """\b
 Environment variables:
@@ -46,7 +47,7 @@ def cli(offline: bool) -> None:
         os.environ["PIXGEN_OFFLINE"] = "1"
 
 
-for command in (run, resume, animate, export, eval_command, batch, presets, models):
+for command in (run, resume, animate, export, eval_command, batch, serve, presets, models):
     cli.add_command(command)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import shutil
@@ -24,6 +25,21 @@ def to_pixels(image) -> np.ndarray:
     if array.ndim == 4:
         array = array[0]
     return np.clip(np.rint(array.transpose(1, 2, 0) * 255), 0, 255).astype(np.uint8)
+
+
+def preview_bytes(image, side: int = 256) -> tuple[bytes, str]:
+    """A (1, 3, H, W) image in [0, 1] as small WebP bytes (PNG where Pillow lacks WebP) and their media type,
+    at most ``side`` pixels on its longer side: what a web page shows while a job runs."""
+    from PIL import features
+
+    picture = Image.fromarray(to_pixels(image))
+    picture.thumbnail((side, side))
+    buffer = io.BytesIO()
+    if features.check("webp"):
+        picture.save(buffer, format="WEBP", quality=80)
+        return buffer.getvalue(), "image/webp"
+    picture.save(buffer, format="PNG")
+    return buffer.getvalue(), "image/png"
 
 
 IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}

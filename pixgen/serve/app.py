@@ -1,0 +1,348 @@
+"""The HTTP API (``/api/v1``) and the studio page, as a FastAPI app over a :class:`~pixgen.serve.studio.Studio`.
+
+Handlers are thin: validation is :mod:`pixgen.serve.submit`'s (the CLI's), state the studio's.
+Every error is ``{"detail": "<one line>"}``: 422 for bad settings, 404 unknown job, 409 not in a
+state to do that, 413 too big, 415 not an image, 429 queue full.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from fastapi.sse import EventSourceResponse, ServerSentEvent
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, Field
+
+from pixgen import __version__
+from pixgen.config import MAX_CUT_COUNT, MAX_SIDE, MAX_STEPS, list_presets, preset_path, read_yaml_mapping
+from pixgen.errors import ConfigError, InputError, OutputError, PixgenError
+from pixgen.fileio import atomic_path
+from pixgen.serve.guard import MAX_UPLOAD_BYTES, Guard
+from pixgen.serve.studio import FINAL, Busy, Entry, QueueFull, Studio
+from pixgen.serve.submit import UPLOADS_DIR, Order, plan_manifest, plan_order
+
+STATIC = Path(__file__).parent / "static"
+FILE_NAMES = ("image.png", "progress.gif", "animation.gif", "animation.mp4")
+FRAME_PREFIXES = ("step-", "frame-")
+MAX_LIST = 500  # jobs in one listing
+UPLOAD_FORMATS = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp"}
+
+
+class RunRequest(BaseModel):
+    """A run, or with ``animation`` an animation: a prompt, a preset and any config keys."""
+
+    prompt: str = Field("", max_length=10_000)
+    preset: str = "default"
+    settings: dict[str, Any] | None = None
+    animation: dict[str, Any] | None = None
+    name: str | None = None
+
+
+class ManifestRequest(BaseModel):
+    manifest: str
+
+
+class RerunRequest(BaseModel):
+    seed: int | None = None  # None: a new random seed
+
+
+class ContinueRequest(BaseModel):
+    steps: int = Field(ge=1, le=MAX_STEPS)
+
+
+def job_json(entry: Entry) -> dict[str, Any]:
+    """A job as the API shows it (docs/serve.md)."""
+    order, config = entry.order, entry.order.job.config
+    return {"id": entry.id, "kind": order.kind, "name": order.job.name, "prompt": config.prompt,
+            "preset": entry.preset, "status": entry.status, "cancel_requested": entry.cancel_requested,
+            "error": entry.error, "submitted": entry.submitted, "seed": config.seed, "steps": config.steps,
+            "size": list(config.size), "progress": entry.progress, "parameters": entry.parameters,
+            "animation": order.animation, "files": job_files(entry), "parent": order.parent}
+
+
+def job_files(entry: Entry) -> dict[str, Any]:
+    folder, base = entry.order.job.folder, f"/api/v1/jobs/{entry.id}/files/"
+
+    def url(name: str) -> str | None:
+        return base + name if (folder / name).is_file() else None
+
+    done = entry.status == "done"
+    frames = sorted(p.name for p in (folder / "frames").glob("*.png")) if (folder / "frames").is_dir() else []
+    image = url("image.png") if done else None
+    if entry.order.kind == "animation" and frames and done:
+        image = base + "frames/" + [f for f in frames if f.startswith("frame-")][-1]
+    return {"image": image, "gif": url("animation.gif") or url("progress.gif") if done else None,
+            "video": url("animation.mp4") if done else None, "frames": [base + "frames/" + f for f in frames]}
+
+
+def create_app(studio: Studio, *, token: str | None = None, allowed_hosts: tuple[str, ...] | None = None,
+               workers: list[str], executor: str = "local") -> FastAPI:
+    """The app serving ``studio``; with ``token``, every API request must carry it."""
+    app = FastAPI(title="pixgen studio", version=__version__, docs_url=None, redoc_url=None,
+                  description="Make images with VQGAN+CLIP: queue jobs, watch them form, keep the results.")
+    app.state.studio = studio
+
+    @app.exception_handler(PixgenError)
+    async def pixgen_error(_request: Request, err: PixgenError) -> JSONResponse:
+        code = 429 if isinstance(err, QueueFull) else 409 if isinstance(err, Busy) else 422
+        if isinstance(err, OutputError):  # the server's disk, not the request
+            code = 500
+        return JSONResponse({"detail": " ".join(str(err).split())}, status_code=code)
+
+    @app.exception_handler(KeyError)
+    async def unknown_job(_request: Request, err: KeyError) -> JSONResponse:
+        return JSONResponse({"detail": f"no job {err.args[0]!r} in this studio"}, status_code=404)
+
+    from fastapi.exceptions import RequestValidationError
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_request(_request: Request, err: RequestValidationError) -> JSONResponse:
+        first = err.errors()[0] if err.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+        return JSONResponse({"detail": f"{where}: {first.get('msg', 'invalid request')}".strip(": ")},
+                            status_code=422)
+
+    @app.get("/", include_in_schema=False)
+    def page() -> HTMLResponse:
+        return HTMLResponse((STATIC / "index.html").read_text(encoding="utf-8"))
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    _mount_docs(app)
+
+    @app.get("/api/v1/info")
+    def info() -> dict[str, Any]:
+        """Version, presets with their settings, limits and workers."""
+        from pixgen.models.registry import load_registry
+
+        registry = load_registry()
+        presets = [{"name": name, "settings": read_yaml_mapping(preset_path(name), "preset")}
+                   for name in list_presets()]
+        return {"version": __version__, "presets": presets, "default_preset": "default",
+                "models": {kind: registry.names(kind) for kind in ("vqgan", "clip")},
+                "limits": {"max_side": MAX_SIDE, "max_steps": MAX_STEPS, "max_cut_count": MAX_CUT_COUNT,
+                           "max_upload_bytes": MAX_UPLOAD_BYTES, "max_queue": studio.max_queue},
+                "workers": workers, "executor": executor, "token_required": token is not None}
+
+    @app.post("/api/v1/jobs", status_code=201)
+    def submit(request: RunRequest, response: Response) -> dict[str, Any]:
+        """Queue a run (or, with ``animation``, an animation); the CLI's validation runs first."""
+        order = plan_order(studio.root, request.prompt, request.preset, request.settings,
+                           animation=request.animation, name=request.name)
+        return _queued(studio, [order], response)[0]
+
+    @app.post("/api/v1/batches", status_code=201)
+    def submit_batch(request: ManifestRequest, response: Response) -> dict[str, Any]:
+        """Queue every job of a batch manifest (YAML text: defaults, jobs, matrix)."""
+        return {"jobs": _queued(studio, plan_manifest(studio.root, request.manifest), response)}
+
+    @app.post("/api/v1/uploads", status_code=201)
+    def upload(file: Annotated[UploadFile, File()]) -> dict[str, Any]:
+        """Store an image (PNG, JPEG or WebP) for init_image or image_prompts; answers its id."""
+        return store_upload(studio.root, file)
+
+    @app.get("/api/v1/jobs")
+    def jobs(status: str | None = None, q: str = "", kind: str | None = None,
+             limit: int = Query(50, ge=1, le=MAX_LIST), offset: int = Query(0, ge=0)) -> dict[str, Any]:
+        """Jobs newest first; ``status`` a comma-separated list, ``q`` a text in the prompt or name."""
+        statuses = {s for s in (status or "").split(",") if s}
+        found = studio.listing(statuses, q, kind)
+        with studio.lock:
+            return {"jobs": [job_json(e) for e in found[offset:offset + limit]], "total": len(found)}
+
+    @app.get("/api/v1/jobs/{job_id}")
+    def job(job_id: str) -> dict[str, Any]:
+        with studio.lock:
+            return job_json(studio.get(job_id))
+
+    @app.get("/api/v1/jobs/{job_id}/events", response_class=EventSourceResponse)
+    async def events(job_id: str, request: Request):
+        """Progress (step, loss, a preview at most every few tenths of a second) and status changes."""
+        entry = studio.get(job_id)
+        seen, status = -1, None
+        while not await request.is_disconnected():
+            with studio.lock:
+                version, current = entry.version, entry.status
+                if version != seen:
+                    progress = _progress_event(entry) if entry.progress else None
+                    whole = job_json(entry) if current != status else None
+            if version != seen:
+                seen = version
+                if progress is not None:
+                    yield ServerSentEvent(event="progress", data=progress)
+                if whole is not None:
+                    status = current
+                    yield ServerSentEvent(event="status", data=whole)
+                    if current in FINAL or current == "deleted":
+                        return
+            await asyncio.sleep(0.1)
+
+    @app.get("/api/v1/jobs/{job_id}/preview")
+    def preview(job_id: str) -> Response:
+        entry = studio.get(job_id)
+        if entry.preview is None:
+            return Response(status_code=204)
+        return Response(entry.preview, media_type=entry.preview_type, headers={"Cache-Control": "no-store"})
+
+    @app.get("/api/v1/jobs/{job_id}/files/{path:path}")
+    def files(job_id: str, path: str, download: bool = False) -> FileResponse:
+        """One output of the job: its image, GIF, video or a frame; nothing else under DIR."""
+        target = output_file(studio.get(job_id).order.job.folder, path)
+        return FileResponse(target, filename=f"{job_id}-{target.name}" if download else None,
+                            content_disposition_type="attachment" if download else "inline")
+
+    @app.post("/api/v1/jobs/{job_id}/cancel")
+    def cancel(job_id: str) -> dict[str, Any]:
+        """Stop the job: queued, it will not run; running, it stops at its next step and keeps its state."""
+        entry = studio.cancel(job_id)
+        with studio.lock:
+            return job_json(entry)
+
+    @app.post("/api/v1/jobs/{job_id}/resume")
+    def resume(job_id: str) -> dict[str, Any]:
+        """Queue a cancelled or failed job again: it continues from its saved state."""
+        entry = studio.resume(job_id)
+        with studio.lock:
+            return job_json(entry)
+
+    @app.post("/api/v1/jobs/{job_id}/rerun", status_code=201)
+    def rerun(job_id: str, request: RerunRequest, response: Response) -> dict[str, Any]:
+        """The same settings with ``seed`` (null: a new random one), as a new job."""
+        return _queued(studio, [derived_order(studio, job_id, {"seed": request.seed})], response)[0]
+
+    @app.post("/api/v1/jobs/{job_id}/continue", status_code=201)
+    def more(job_id: str, request: ContinueRequest, response: Response) -> dict[str, Any]:
+        """A new job that continues this run from its last state for ``steps`` more steps."""
+        steps = request.steps
+        entry = studio.get(job_id)
+        if entry.order.kind != "run":
+            raise ConfigError("only a still run can be continued; re-run an animation with more frames")
+        if entry.status != "done":
+            raise Busy(f"job {job_id} is {entry.status}; only a finished run can be continued")
+        order = derived_order(studio, job_id, {"steps": entry.order.job.config.steps + steps})
+        carry_state(entry.order, order)
+        return _queued(studio, [order], response)[0]
+
+    @app.delete("/api/v1/jobs/{job_id}")
+    def delete(job_id: str, confirm: str = "") -> dict[str, Any]:
+        """Delete the job's folder and forget it; only with ``?confirm=yes``, never while it is queued or running."""
+        if confirm != "yes":
+            raise ConfigError("deleting a job's files needs ?confirm=yes")
+        studio.delete(job_id)
+        return {"deleted": job_id}
+
+    return Guard(app, token=token, allowed_hosts=allowed_hosts)
+
+
+def _queued(studio: Studio, orders: list[Order], response: Response) -> list[dict[str, Any]]:
+    pairs = studio.submit(orders)
+    if not any(new for _, new in pairs):
+        response.status_code = 200  # every job was already there: nothing new queued
+    with studio.lock:
+        return [job_json(entry) for entry, _ in pairs]
+
+
+def _progress_event(entry: Entry) -> dict[str, Any]:
+    preview = None
+    if entry.preview is not None:
+        preview = f"data:{entry.preview_type};base64,{base64.b64encode(entry.preview).decode()}"
+    return {**entry.progress, "preview": preview}
+
+
+def derived_order(studio: Studio, job_id: str, changes: dict[str, Any]) -> Order:
+    """A new order with the settings of ``job_id`` changed by ``changes`` (its uploads named by id again)."""
+    entry = studio.get(job_id)
+    settings = {k: v for k, v in entry.parameters.items() if k not in ("device", "prompt")}
+    if settings.get("init_image"):
+        settings["init_image"] = Path(settings["init_image"]).name
+    settings["image_prompts"] = [Path(p.split(":")[0]).name + p[len(p.split(":")[0]):]
+                                 for p in settings.get("image_prompts", [])]
+    settings.update(changes)
+    animation = entry.order.animation
+    prompt = entry.parameters["prompt"] if animation is None else ""
+    return plan_order(studio.root, prompt, entry.preset, settings, animation=animation, parent=job_id)
+
+
+def carry_state(parent: Order, order: Order) -> None:
+    """Start ``order`` from the last state of ``parent`` (its state.pt copied into the new folder)."""
+    from pixgen.pipeline.runner import STATE_NAME
+
+    source = parent.job.folder / STATE_NAME
+    if not source.is_file():
+        raise Busy(f"job {parent.id} kept no state to continue from")
+    if order.job.folder.exists():
+        return  # queued before: it continues from what its folder holds
+    order.job.folder.mkdir(parents=True)
+    with atomic_path(order.job.folder / STATE_NAME) as temp:
+        shutil.copyfile(source, temp)
+
+
+def output_file(folder: Path, path: str) -> Path:
+    """The job's output ``path`` (image, GIF, video, a frame), refused unless it is one and lies inside the folder."""
+    parts = Path(path).parts
+    allowed = path in FILE_NAMES or (len(parts) == 2 and parts[0] == "frames" and parts[1].endswith(".png")
+                                     and parts[1].startswith(FRAME_PREFIXES))
+    target = folder / path
+    if not allowed or target.is_symlink() or not target.is_file() or target.resolve().parent not in (
+            folder.resolve(), (folder / "frames").resolve()):
+        raise HTTPException(404, f"no file {path!r} in this job")
+    return target
+
+
+def store_upload(root: Path, file: UploadFile) -> dict[str, Any]:
+    """Check an uploaded image (size, type, pixels) and keep it in DIR/uploads under its content's hash."""
+    from pixgen.pipeline.output import open_image
+
+    uploads = Path(root) / UPLOADS_DIR
+    uploads.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=uploads, prefix=".incoming-", delete=False) as handle:
+        temp = Path(handle.name)
+        size = 0
+        while block := file.file.read(1 << 20):
+            size += len(block)
+            if size > MAX_UPLOAD_BYTES:
+                temp.unlink()
+                raise HTTPException(413, f"the upload is over {MAX_UPLOAD_BYTES // 2**20} MiB")
+            handle.write(block)
+    try:
+        try:
+            with open_image(temp, "upload") as image:
+                fmt, width, height = image.format, image.width, image.height
+        except InputError as err:
+            raise HTTPException(415, " ".join(str(err).replace(str(temp), "the upload").split())) from None
+        if fmt not in UPLOAD_FORMATS:
+            raise HTTPException(415, f"uploads must be PNG, JPEG or WebP images, not {fmt}")
+        digest = hashlib.sha256(temp.read_bytes()).hexdigest()[:16]
+        name = f"upload-{digest}.{UPLOAD_FORMATS[fmt]}"
+        temp.replace(uploads / name)
+    finally:
+        temp.unlink(missing_ok=True)
+    return {"id": name, "width": width, "height": height, "bytes": size}
+
+
+def _mount_docs(app: FastAPI) -> None:
+    """``/docs``: Swagger UI from the swagger-ui-bundle package, so it works offline (no CDN)."""
+    from fastapi.openapi.docs import get_swagger_ui_html
+
+    try:
+        import swagger_ui_bundle
+    except ImportError:
+        swagger = None
+    else:
+        swagger = Path(swagger_ui_bundle.swagger_ui_path)
+        app.mount("/static-docs", StaticFiles(directory=swagger), name="static-docs")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        if swagger is None:
+            return HTMLResponse('<p>The schema is at <a href="/openapi.json">/openapi.json</a>.</p>')
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="pixgen studio API",
+                                   swagger_js_url="/static-docs/swagger-ui-bundle.js",
+                                   swagger_css_url="/static-docs/swagger-ui.css", swagger_favicon_url="/favicon.ico")

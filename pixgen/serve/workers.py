@@ -1,0 +1,242 @@
+"""The studio's worker processes: each keeps its models loaded and takes one job at a time.
+
+They are ``pixgen batch``'s local workers (spawned, one per ``--devices`` entry, a run done by
+:func:`pixgen.batch.jobs.execute_job`, continued from its folder's state), with what a server
+adds: a single job can be cancelled (the worker stops it at its next step, its state is saved,
+and the worker takes the next job); progress with a small preview image goes to the server at
+most every ``preview_every`` seconds; and a worker dies with the server, ``kill -9`` included, so
+a new server finds no orphan holding a job folder.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import queue
+import signal
+import sys
+import time
+import traceback
+from dataclasses import replace
+from typing import Any
+
+from pixgen.batch.jobs import execute_job, resume_point
+from pixgen.batch.local import die_with_parent
+from pixgen.errors import PixgenError
+from pixgen.pipeline.runner import RunResult
+from pixgen.serve.submit import Order, animation_plan
+
+PREVIEW_SIDE = 256  # pixels of a preview's longer side at most
+
+
+class WorkerPool:
+    """Spawned worker processes, one per device entry, fed one job each at a time."""
+
+    def __init__(self, devices: list[str | None], threads: int, preview_every: float):
+        self.context = multiprocessing.get_context("spawn")
+        self.tasks, self.results = self.context.Queue(), self.context.Queue()
+        self.devices, self.threads, self.preview_every = devices, threads, preview_every
+        self.procs: list[Any] = [None] * len(devices)
+        self.stops = [self.context.Value("q", -1, lock=False) for _ in devices]  # run number of the job to stop
+        self.running: dict[int, int] = {}  # worker number -> token of its job
+        self.runs: dict[int, int] = {}  # worker number -> run number of its job (a resumed job runs anew)
+        self.handed_runs = 0
+        self.handed: set[int] = set()  # tokens put on the queue that no worker has started yet
+        self.unwanted: set[int] = set()  # handed tokens cancelled before a worker took them
+
+    def start(self) -> None:
+        for number in range(len(self.devices)):
+            self._spawn(number)
+
+    def _spawn(self, number: int) -> None:
+        proc = self.context.Process(target=_worker, daemon=True, name=f"pixgen-worker-{number}", args=(
+            number, self.devices[number], self.threads, self.preview_every, os.getpid(), self.tasks,
+            self.results, self.stops[number]))
+        proc.start()
+        self.procs[number] = proc
+
+    def idle(self) -> int:
+        """How many more jobs the workers can take now."""
+        return sum(p is not None and p.is_alive() for p in self.procs) - len(self.running) - len(self.handed)
+
+    def hand(self, token: int, order: Order) -> None:
+        self.handed.add(token)
+        self.handed_runs += 1
+        self.tasks.put((token, self.handed_runs, order))
+
+    def cancel(self, token: int) -> None:
+        """Stop the job ``token`` at its next step (or as soon as a worker starts it)."""
+        for number, running in self.running.items():
+            if running == token:
+                self.stops[number].value = self.runs[number]
+        if token in self.handed:
+            self.unwanted.add(token)
+
+    def poll(self, timeout: float) -> list[tuple[str, int, Any]]:
+        """The workers' news as (kind, token, payload): start, progress, result, failed, stopped, died."""
+        news = []
+        try:
+            news.append(self.results.get(timeout=timeout))
+            while True:
+                news.append(self.results.get_nowait())
+        except queue.Empty:
+            pass
+        out = []
+        for kind, token, payload, number in news:
+            if kind == "start":
+                self.handed.discard(token)
+                self.running[number], self.runs[number] = token, payload["run"]
+                payload = payload["resume_from"]
+                if token in self.unwanted:
+                    self.unwanted.discard(token)
+                    self.stops[number].value = self.runs[number]
+            elif kind in ("result", "failed", "stopped"):
+                self.running.pop(number, None)
+            out.append((kind, token, payload))
+        for number, proc in enumerate(self.procs):
+            if proc is not None and not proc.is_alive() and not news_from(news, number):
+                token = self.running.pop(number, None)
+                out.append(("died", token if token is not None else -1, proc.exitcode))
+                self._spawn(number)
+        return out
+
+    def close(self) -> list[tuple[str, int, Any]]:
+        """Stop every worker (running jobs save their state), then the processes; their last news."""
+        for number in self.running:
+            self.stops[number].value = self.runs[number]
+        for _ in self.procs:
+            self.tasks.put(None)
+        news, deadline = [], time.monotonic() + 30
+        while any(p is not None and p.is_alive() for p in self.procs) and time.monotonic() < deadline:
+            news += self._drain(0.1)
+        for proc in self.procs:
+            if proc is not None and proc.is_alive():
+                proc.terminate()
+        return news + self._drain(0)
+
+    def _drain(self, timeout: float) -> list[tuple[str, int, Any]]:
+        out = []
+        try:
+            out.append(self.results.get(timeout=timeout) if timeout else self.results.get_nowait())
+            while True:
+                out.append(self.results.get_nowait())
+        except queue.Empty:
+            pass
+        return [(kind, token, payload["resume_from"] if kind == "start" else payload)
+                for kind, token, payload, _number in out]
+
+
+def news_from(news: list, number: int) -> bool:
+    return any(item[3] == number for item in news)
+
+
+def _worker(number: int, device: str | None, threads: int, preview_every: float, parent: int, tasks, results,
+            stop) -> None:
+    """A worker process: run jobs from ``tasks`` until it gets None or the server is gone."""
+    die_with_parent(parent)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server decides when a job stops
+    if device in (None, "cpu"):
+        import torch
+
+        torch.set_num_threads(threads)
+    while os.getppid() == parent:
+        try:
+            task = tasks.get(timeout=1.0)
+        except queue.Empty:
+            continue
+        if task is None:
+            return
+        token, run, order = task
+        results.put(("start", token, {"resume_from": _resume_from(order), "run": run}, number))
+        report = _Reporter(token, number, results, preview_every, _stopping(stop, run, parent))
+        try:
+            result = execute_order(order, report.step, report.frame, device)
+        except KeyboardInterrupt:  # stopped before its first step: nothing of it to keep
+            results.put(("stopped", token, None, number))
+            continue
+        except PixgenError as err:
+            results.put(("failed", token, " ".join(str(err).split()), number))
+            continue
+        except Exception as err:  # a bug: the job fails, the worker goes on, the operator sees the traceback
+            traceback.print_exc(file=sys.stderr)
+            results.put(("failed", token, f"internal error ({type(err).__name__}: {err}); see the server's log",
+                         number))
+            continue
+        results.put(("result", token, result, number))
+
+
+def _stopping(stop, run: int, parent: int):
+    """True once the server asks this run of a job to stop, or is gone."""
+    return lambda: stop.value == run or os.getppid() != parent
+
+
+def _resume_from(order: Order) -> int | None:
+    return resume_point(order.job) if order.kind == "run" else None
+
+
+class _Reporter:
+    """Sends a job's progress to the server: step, loss and a small preview, at most every ``every`` seconds."""
+
+    def __init__(self, token: int, number: int, results, every: float, stopping):
+        self.token, self.number, self.results, self.every, self.stopping = token, number, results, every, stopping
+        self.sent, self.frames, self.frames_done, self.pending = 0.0, None, None, None
+
+    def step(self, step) -> None:
+        if self.stopping():
+            raise KeyboardInterrupt
+        now = time.monotonic()
+        if now - self.sent >= self.every or step.step == step.total:
+            self.sent = now
+            self.results.put(("progress", self.token, self._payload(step), self.number))
+
+    def frame(self, done) -> None:
+        self.frames, self.frames_done = done.total, done.frame + 1
+
+    def _payload(self, step) -> dict[str, Any]:
+        return {"step": step.step, "total": step.total, "loss": round(float(step.loss), 6),
+                "frame": self.frames_done, "frames": self.frames, **preview(step)}
+
+
+def preview(step) -> dict[str, Any]:
+    """The step's image as a small preview for the page."""
+    from pixgen.pipeline.output import preview_bytes
+
+    data, media_type = preview_bytes(step.image(), PREVIEW_SIDE)
+    return {"preview": data, "preview_type": media_type}
+
+
+def execute_order(order: Order, on_step, on_frame, device: str | None) -> RunResult:
+    """Run one studio job in its folder, continuing it from its saved state when it has one."""
+    if order.kind == "run":
+        return execute_job(order.job, on_step, device)
+    return _execute_animation(order, on_step, on_frame, device)
+
+
+def _execute_animation(order: Order, on_step, on_frame, device: str | None) -> RunResult:
+    from pixgen.animation.animate import (
+        STATE_NAME,
+        animate,
+        animation_identity,
+        check_frames,
+        read_animation_state,
+    )
+    from pixgen.batch.log import remove_stale_temps
+
+    job, plan = order.job, animation_plan(order)
+    config = job.config if device is None else replace(job.config, device=device)
+    if job.folder.is_dir():
+        remove_stale_temps(job.folder)
+    state = None
+    if (job.folder / STATE_NAME).is_file():
+        try:
+            state = read_animation_state(job.folder / STATE_NAME)
+            check_frames(job.folder, state["frame"] + 1)
+        except PixgenError:
+            state = None
+        if state is not None and state.get("run", "") != animation_identity(config, plan):
+            state = None
+    done = animate(config, plan, job.folder, overwrite=state is None, on_frame=on_frame, on_step=on_step,
+                   resume=state)
+    image = done.frame_paths[-1] if done.frame_paths else job.folder / "frames"
+    return RunResult(job.folder, image, done.seed, done.frames_done, done.completed, done.frame_paths,
+                     done.gif_path, None, done.read_as)
