@@ -168,7 +168,14 @@ def test_uploads_are_checked_and_used_by_id(studio, tmp_path):
     assert big.status_code == 413
     assert sorted(p.name for p in (tmp_path / "studio" / "uploads").iterdir()) == [upload["id"]]
     job = s.submit(init="image", init_image=upload["id"], image_prompts=[upload["id"] + ":0.5"], seed=1)
-    assert s.wait(job["id"])["status"] == "done"
+    done = s.wait(job["id"])
+    assert done["status"] == "done"
+    # the recipe names the uploads as a request does, never by their path on the server
+    assert done["parameters"]["init_image"] == upload["id"]
+    assert done["parameters"]["image_prompts"] == [upload["id"] + ":0.5"]
+    assert str(tmp_path) not in json.dumps(done)
+    again = s.client.post(f"/api/v1/jobs/{job['id']}/rerun", json={"seed": 2})
+    assert again.status_code == 201 and again.json()["parameters"]["init_image"] == upload["id"]
     unknown = s.client.post("/api/v1/jobs", json={"prompt": "x", "settings": {
         **TINY, "init": "image", "init_image": "upload-0123456789abcdef.png"}})
     assert unknown.status_code == 422 and "not on this server" in unknown.json()["detail"]
@@ -305,6 +312,6 @@ def test_a_prompt_with_html_is_data_never_markup(studio, tmp_path):
     assert answer.headers["content-type"] == "application/json"
     assert answer.headers["x-content-type-options"] == "nosniff"
     assert "<img src=x" not in s.client.get("/").text
-    s.studio.batch.refresh(force=True)
+    s.studio.write_gallery()
     gallery = (tmp_path / "studio" / "index.html").read_text()
     assert "<img src=x" not in gallery and "&lt;img src=x onerror=alert(1)&gt;" in gallery

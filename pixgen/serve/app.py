@@ -134,6 +134,7 @@ def create_app(studio: Studio, *, token: str | None = None, allowed_hosts: tuple
     @app.post("/api/v1/jobs", status_code=201)
     def submit(request: RunRequest, response: Response) -> dict[str, Any]:
         """Queue a run (or, with ``animation``, an animation); the CLI's validation runs first."""
+        studio.check_room()
         order = plan_order(studio.root, request.prompt, request.preset, request.settings,
                            animation=request.animation, name=request.name)
         return _queued(studio, [order], response)[0]
@@ -141,6 +142,7 @@ def create_app(studio: Studio, *, token: str | None = None, allowed_hosts: tuple
     @app.post("/api/v1/batches", status_code=201)
     def submit_batch(request: ManifestRequest, response: Response) -> dict[str, Any]:
         """Queue every job of a batch manifest (YAML text: defaults, jobs, matrix)."""
+        studio.check_room()
         return {"jobs": _queued(studio, plan_manifest(studio.root, request.manifest), response)}
 
     @app.post("/api/v1/uploads", status_code=201)
@@ -215,6 +217,7 @@ def create_app(studio: Studio, *, token: str | None = None, allowed_hosts: tuple
     @app.post("/api/v1/jobs/{job_id}/rerun", status_code=201)
     def rerun(job_id: str, request: RerunRequest, response: Response) -> dict[str, Any]:
         """The same settings with ``seed`` (null: a new random one), as a new job."""
+        studio.check_room()
         return _queued(studio, [derived_order(studio, job_id, {"seed": request.seed})], response)[0]
 
     @app.post("/api/v1/jobs/{job_id}/continue", status_code=201)
@@ -259,11 +262,7 @@ def _progress_event(entry: Entry) -> dict[str, Any]:
 def derived_order(studio: Studio, job_id: str, changes: dict[str, Any]) -> Order:
     """A new order with the settings of ``job_id`` changed by ``changes`` (its uploads named by id again)."""
     entry = studio.get(job_id)
-    settings = {k: v for k, v in entry.parameters.items() if k not in ("device", "prompt")}
-    if settings.get("init_image"):
-        settings["init_image"] = Path(settings["init_image"]).name
-    settings["image_prompts"] = [Path(p.split(":")[0]).name + p[len(p.split(":")[0]):]
-                                 for p in settings.get("image_prompts", [])]
+    settings = {k: v for k, v in entry.parameters.items() if k not in ("device", "prompt")}  # uploads by id
     settings.update(changes)
     animation = entry.order.animation
     prompt = entry.parameters["prompt"] if animation is None else ""

@@ -72,7 +72,7 @@ def check_options(options: ServeOptions) -> None:
 def bind(host: str, port: int) -> socket.socket:
     """A listening socket on host:port; a one-line error when it is taken or not this machine's."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # asyncio sets TCP_NODELAY only then
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
@@ -94,7 +94,8 @@ def make_pool(options: ServeOptions):
     from pixgen.serve.workers import WorkerPool
 
     devices = worker_devices(options.workers, options.devices)
-    threads = options.threads or max(1, (os.cpu_count() or 1) // max(1, cpu_worker_count(devices)))
+    spare = max(1, (os.cpu_count() or 1) - 1)  # one core answers requests while the workers render
+    threads = options.threads or max(1, spare // max(1, cpu_worker_count(devices)))
     return WorkerPool(devices, threads, options.preview_every)
 
 
@@ -130,7 +131,11 @@ def serve(options: ServeOptions, say: Callable[[str], None] = print) -> None:
                                                timeout_graceful_shutdown=2))
         try:
             server.run(sockets=[sock])
+        except KeyboardInterrupt:  # uvicorn raises the Ctrl-C it handled once it has stopped: a normal stop
+            pass
         finally:
             studio.stopping.set()
             driver.join(timeout=60)
             sock.close()
+        say(f"pixgen studio stopped; {studio.queued_count()} job(s) queued in {options.root} continue when it "
+            "starts again")

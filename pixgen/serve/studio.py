@@ -29,7 +29,7 @@ from pixgen.batch.manifest import Job, check_folder
 from pixgen.config import config_from_mapping, config_to_yaml
 from pixgen.errors import ConfigError, PixgenError
 from pixgen.pipeline.runner import RunResult
-from pixgen.serve.submit import Order
+from pixgen.serve.submit import Order, public_settings
 
 STATES = ("queued", "running", "done", "failed", "cancelled")
 FINAL = ("done", "failed", "cancelled")
@@ -76,7 +76,7 @@ class StudioBatch(Batch):
 
     def __init__(self, root: Path, kinds: dict[str, str]):
         self.kinds = kinds  # folder name -> run or animation
-        self.written = 0.0
+        self.stale = False
         super().__init__([], root, None)
 
     def is_done(self, job: Job) -> bool:
@@ -84,11 +84,14 @@ class StudioBatch(Batch):
             return is_verified(job.folder, job.key, self.ends.get(job.folder.name))
         return super().is_done(job)
 
-    def refresh(self, force: bool = False) -> None:
-        """The batch gallery, rewritten at most every GALLERY_EVERY seconds (it reads every job's image)."""
-        if not force and time.monotonic() - self.written < GALLERY_EVERY:
-            return
-        self.written = time.monotonic()
+    def refresh(self) -> None:
+        """Note that the gallery is out of date: :meth:`cards` and :func:`write_gallery` bring it up to date later,
+        outside the studio's lock (it reads every job's image)."""
+        self.stale = True
+
+    def cards(self) -> list[Card]:
+        """The gallery's cards as the jobs stand now (cheap: no file is read)."""
+        self.stale = False
         cards = []
         for job in self.jobs:
             done = self.result.status.get(job.folder.name) == "done"
@@ -99,7 +102,7 @@ class StudioBatch(Batch):
                 picture = frames[-1] if frames else picture
             cards.append(Card(job.name, job.folder.name, job.config.prompt, job.config.seed, job.preset,
                               job.config.steps, end.get("loss") if end else None, end is not None, picture))
-        write_gallery(self.root, cards)
+        return cards
 
     def stopped(self, job: Job) -> None:
         """Log that a job was stopped before its first step: nothing of it to keep."""
@@ -184,7 +187,7 @@ class Studio:
 
     def _add(self, order: Order, submitted: float, replayed: bool = False) -> Entry:
         self.kinds[order.id] = order.kind
-        parameters = yaml.safe_load(config_to_yaml(order.job.config))
+        parameters = public_settings(yaml.safe_load(config_to_yaml(order.job.config)))
         entry = Entry(order, len(self.by_token), submitted, order.job.preset, parameters)
         self.entries[order.id] = entry
         self.by_token[entry.token] = entry
@@ -207,14 +210,19 @@ class Studio:
     def queued_count(self) -> int:
         return sum(1 for e in self.entries.values() if e.status == "queued")
 
+    def check_room(self, count: int = 1) -> None:
+        """Raise QueueFull if ``count`` more jobs would not fit: before a request is planned (planning costs
+        tens of milliseconds; a full queue answers at once)."""
+        if self.queued_count() + count > self.max_queue:
+            raise QueueFull(f"the queue is full ({self.max_queue} jobs waiting, the server's --max-queue); "
+                            "try again when some have finished")
+
     def submit(self, orders: list[Order]) -> list[tuple[Entry, bool]]:
         """Queue ``orders`` (all or none); each with whether it is new (an existing job with the same settings
         is returned as it is). Raises QueueFull past ``max_queue`` queued jobs."""
         with self.lock:
             new = [o for o in dict((o.id, o) for o in orders).values() if o.id not in self.entries]
-            if self.queued_count() + len(new) > self.max_queue:
-                raise QueueFull(f"the queue is full ({self.max_queue} jobs waiting, the server's --max-queue); "
-                                "try again when some have finished")
+            self.check_room(len(new))
             out = []
             for order in orders:
                 existing = self.entries.get(order.id)
@@ -268,8 +276,7 @@ class Studio:
             entry = self.get(job_id)
             if entry.status not in ("cancelled", "failed"):
                 raise Busy(f"job {job_id} is {entry.status}; only a cancelled or failed job can be resumed")
-            if self.queued_count() + 1 > self.max_queue:
-                raise QueueFull(f"the queue is full ({self.max_queue} jobs waiting); try again later")
+            self.check_room()
             self._record("resume", entry)
             entry.status, entry.error, entry.cancel_requested, entry.deaths = "queued", None, False, 0
             self.batch.result.status[entry.id] = "pending"
@@ -297,6 +304,7 @@ class Studio:
     def serve_forever(self, pool, on_note: Callable[[str], None] | None = None) -> None:
         """Hand queued jobs to idle workers and take their news, until :attr:`stopping` is set."""
         pool.start()
+        written = 0.0
         try:
             while not self.stopping.is_set():
                 with self.lock:
@@ -309,12 +317,24 @@ class Studio:
                 for kind, token, payload in pool.poll(0.1):
                     with self.lock:
                         self._news(kind, token, payload, on_note)
+                if self.batch.stale and time.monotonic() - written >= GALLERY_EVERY:
+                    self.write_gallery()
+                    written = time.monotonic()
         finally:
             last = pool.close()
             with self.lock:
                 for kind, token, payload in last:  # jobs stopped on the way out: logged, queued again on restart
                     self._news(kind, token, payload, on_note)
-                self.batch.refresh(force=True)
+            self.write_gallery()
+
+    def write_gallery(self) -> None:
+        """Rewrite the batch gallery (index.html, contact-sheet.png) from the jobs as they stand."""
+        with self.lock:
+            cards = self.batch.cards()
+        try:
+            write_gallery(self.root, cards)
+        except PixgenError as err:  # a full disk or a damaged image: the jobs are fine, the gallery waits
+            self.notes.append(f"the gallery was not rewritten: {err}")
 
     def _next(self) -> Entry | None:
         while self.waiting:
@@ -360,4 +380,6 @@ class Studio:
                 self.waiting.appendleft(token)
             if on_note is not None:
                 on_note(f"job {entry.id}: {error}")
+        if entry.status in FINAL:
+            entry.preview = None  # the job's files show it now; previews of thousands of jobs would add up
         entry.touch()

@@ -74,6 +74,16 @@ def upload_path(root: Path, upload: str) -> Path:
     return path
 
 
+def public_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """A resolved config's settings as a request names them: uploads by id, not by their path on the server."""
+    settings = dict(settings)
+    if settings.get("init_image"):
+        settings["init_image"] = Path(settings["init_image"]).name
+    settings["image_prompts"] = [Path(p.split(":")[0]).name + p[len(p.split(":")[0]):]
+                                 for p in settings.get("image_prompts") or []]
+    return settings
+
+
 def _map_uploads(root: Path, settings: dict[str, Any]) -> dict[str, Any]:
     """``init_image`` and ``image_prompts`` from upload ids to the uploads' paths."""
     settings = dict(settings)
