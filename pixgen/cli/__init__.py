@@ -27,6 +27,7 @@ Environment variables:
   PIXGEN_REGISTRY  extra model registry YAML files, separated by the OS path separator
   PIXGEN_PRESET    the preset used when --preset is not given (default: default)
   PIXGEN_DEVICE    the device used when --device is not given (auto, cpu, cuda, cuda:N, mps)
+  PIXGEN_TOKEN     the token pixgen serve asks for off loopback (default: a new one, printed)
 
 \b
 Shell completion (bash, zsh or fish): pixgen completion bash >> ~/.bashrc
