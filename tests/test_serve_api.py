@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import signal
 import threading
 import time
 from pathlib import Path
@@ -28,11 +30,11 @@ class Running:
 
     def __init__(self, root: Path, *, max_queue: int = 1000, token: str | None = None, start: bool = True):
         self.studio = Studio(root, max_queue)
-        self.thread = threading.Thread(target=self.studio.serve_forever, args=(WorkerPool([None], 1, 0.05),),
-                                       daemon=True)
+        self.pool = WorkerPool([None], 1, 0.05)
+        self.thread = threading.Thread(target=self.studio.serve_forever, args=(self.pool,), daemon=True)
         if start:
             self.thread.start()
-        app = create_app(self.studio, token=token, allowed_hosts=None if token else LOOPBACK, workers=["auto"])
+        app = create_app(self.studio, self.pool, token=token, allowed_hosts=None if token else LOOPBACK)
         self.client = TestClient(app, base_url=BASE)
 
     def submit(self, prompt: str = "a red circle", **settings) -> dict:
@@ -229,6 +231,23 @@ def test_rerun_vary_continue_and_delete(studio, tmp_path):
     assert not (tmp_path / "studio" / job["id"]).exists()
     assert s.client.get(f"/api/v1/jobs/{job['id']}").status_code == 404
     assert (tmp_path / "studio" / other["id"] / "image.png").is_file()
+
+
+def test_a_worker_that_dies_mid_job_is_replaced_and_the_job_goes_on(studio, tmp_path):
+    s = studio()
+    job = s.submit(steps=60, save_every=20, seed=8)
+    deadline = time.monotonic() + 120
+    while (s.client.get(f"/api/v1/jobs/{job['id']}").json()["progress"] or {}).get("step", 0) < 25:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    worker = s.pool.procs[0]
+    os.kill(worker.pid, signal.SIGKILL)
+    done = s.wait(job["id"])
+    assert done["status"] == "done" and s.pool.procs[0].pid != worker.pid
+    records = [r for r in log_records(tmp_path / "studio") if r["folder"] == job["id"]]
+    assert [r["event"] for r in records] == ["submit", "start", "retry", "start", "end"]
+    assert "died" in records[2]["error"] and records[3]["resume_from"] in (20, 40)
+    assert s.client.get("/api/v1/info").json()["workers"] == ["auto"]
 
 
 def test_only_job_outputs_are_served(studio, tmp_path):

@@ -76,15 +76,18 @@ def job_files(entry: Entry) -> dict[str, Any]:
 
     done = entry.status == "done"
     frames = sorted(p.name for p in (folder / "frames").glob("*.png")) if (folder / "frames").is_dir() else []
-    image = url("image.png") if done else None
-    if entry.order.kind == "animation" and frames and done:
-        image = base + "frames/" + [f for f in frames if f.startswith("frame-")][-1]
-    return {"image": image, "gif": url("animation.gif") or url("progress.gif") if done else None,
-            "video": url("animation.mp4") if done else None, "frames": [base + "frames/" + f for f in frames]}
+    image = gif = video = None
+    if done and entry.order.kind == "animation":
+        last = [f for f in frames if f.startswith("frame-")][-1:]
+        image = base + "frames/" + last[0] if last else None
+        gif, video = url("animation.gif"), url("animation.mp4")
+    elif done:
+        image, gif = url("image.png"), url("progress.gif")
+    return {"image": image, "gif": gif, "video": video, "frames": [base + "frames/" + f for f in frames]}
 
 
-def create_app(studio: Studio, *, token: str | None = None, allowed_hosts: tuple[str, ...] | None = None,
-               workers: list[str], executor: str = "local") -> FastAPI:
+def create_app(studio: Studio, pool, *, token: str | None = None, allowed_hosts: tuple[str, ...] | None = None,
+               executor: str = "local") -> FastAPI:
     """The app serving ``studio``; with ``token``, every API request must carry it."""
     app = FastAPI(title="pixgen studio", version=__version__, docs_url=None, redoc_url=None,
                   description="Make images with VQGAN+CLIP: queue jobs, watch them form, keep the results.")
@@ -129,7 +132,8 @@ def create_app(studio: Studio, *, token: str | None = None, allowed_hosts: tuple
                 "models": {kind: registry.names(kind) for kind in ("vqgan", "clip")},
                 "limits": {"max_side": MAX_SIDE, "max_steps": MAX_STEPS, "max_cut_count": MAX_CUT_COUNT,
                            "max_upload_bytes": MAX_UPLOAD_BYTES, "max_queue": studio.max_queue},
-                "workers": workers, "executor": executor, "token_required": token is not None}
+                "workers": [str(device or "auto") for device in pool.devices], "executor": executor,
+                "token_required": token is not None}
 
     @app.post("/api/v1/jobs", status_code=201)
     def submit(request: RunRequest, response: Response) -> dict[str, Any]:
@@ -229,6 +233,7 @@ def create_app(studio: Studio, *, token: str | None = None, allowed_hosts: tuple
             raise ConfigError("only a still run can be continued; re-run an animation with more frames")
         if entry.status != "done":
             raise Busy(f"job {job_id} is {entry.status}; only a finished run can be continued")
+        studio.check_room()
         order = derived_order(studio, job_id, {"steps": entry.order.job.config.steps + steps})
         carry_state(entry.order, order)
         return _queued(studio, [order], response)[0]

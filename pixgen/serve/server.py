@@ -118,8 +118,7 @@ def serve(options: ServeOptions, say: Callable[[str], None] = print) -> None:
         pool = make_pool(options)
         driver = threading.Thread(target=studio.serve_forever, args=(pool, say), name="pixgen-studio", daemon=True)
         allowed = None if token is not None else ("127.0.0.1", "localhost", "[::1]", "::1")
-        app = create_app(studio, token=token, allowed_hosts=allowed, workers=[str(d or "auto") for d in
-                         getattr(pool, "devices", [])], executor=options.executor)
+        app = create_app(studio, pool, token=token, allowed_hosts=allowed, executor=options.executor)
         port = sock.getsockname()[1]
         where = f"[{options.host}]" if ":" in options.host else options.host
         url = f"http://{where}:{port}/" if public is None else options.public_url.rstrip("/") + "/"

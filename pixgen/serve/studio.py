@@ -11,6 +11,7 @@ workers; the HTTP handlers read and change the jobs under :attr:`Studio.lock`.
 
 from __future__ import annotations
 
+import secrets
 import shutil
 import threading
 import time
@@ -296,8 +297,12 @@ class Studio:
             self._forget(entry)
             entry.status = "deleted"
             entry.touch()
-        if folder.is_dir():
-            shutil.rmtree(folder)
+            doomed = None
+            if folder.is_dir():  # out of the way at once: the same settings submitted again get a fresh folder
+                doomed = folder.with_name(f".deleting-{folder.name}-{secrets.token_hex(4)}")
+                folder.rename(doomed)
+        if doomed is not None:
+            shutil.rmtree(doomed)
 
     # ---- driving the workers -------------------------------------------------------------------
 
