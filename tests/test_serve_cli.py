@@ -40,3 +40,12 @@ def test_a_taken_port_and_a_file_as_dir_are_refused(tmp_path):
     result = CliRunner().invoke(cli, ["serve", "--port", "0", "--dir", str(tmp_path / "file")])
     assert result.exit_code != 0 and "is a file" in result.output
     assert (tmp_path / "file").read_text() == "mine"
+
+
+def test_a_folder_of_other_files_is_not_taken_as_the_studio(tmp_path):
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "index.html").write_text("my page")
+    result = CliRunner().invoke(cli, ["serve", "--port", "0", "--dir", str(site)])
+    assert result.exit_code != 0 and "not a pixgen studio or batch folder" in result.output
+    assert sorted(p.name for p in site.iterdir()) == ["index.html"] and (site / "index.html").read_text() == "my page"

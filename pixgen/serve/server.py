@@ -47,6 +47,7 @@ def is_loopback(host: str) -> bool:
 def check_options(options: ServeOptions) -> None:
     """Refuse what cannot run, in one line, before DIR is touched (the batch package's checks)."""
     from pixgen.batch.local import check_devices
+    from pixgen.batch.log import LOG_NAME
     from pixgen.batch.manifest import check_executor
     from pixgen.batch.runner import check_run_options
 
@@ -67,6 +68,9 @@ def check_options(options: ServeOptions) -> None:
     root = options.root
     if root.exists() and not root.is_dir():
         raise OutputError(f"--dir {root} exists and is not a folder")
+    if root.is_dir() and not (root / LOG_NAME).is_file() and any(root.iterdir()):
+        raise OutputError(f"--dir {root} holds files but no {LOG_NAME}: it is not a pixgen studio or batch folder, "
+                          "and the studio writes index.html there; choose a new or empty folder")
 
 
 def bind(host: str, port: int) -> socket.socket:

@@ -186,10 +186,12 @@ class Studio:
         if entry.status == "queued":
             self.waiting.append(entry.token)
 
-    def _add(self, order: Order, submitted: float, replayed: bool = False) -> Entry:
+    def _add(self, order: Order, submitted: float, replayed: bool = False,
+             settings: dict[str, Any] | None = None) -> Entry:
+        """Keep one more job; ``settings``: its resolved config as run.yaml records it, if already at hand."""
         self.kinds[order.id] = order.kind
-        parameters = public_settings(yaml.safe_load(config_to_yaml(order.job.config)))
-        entry = Entry(order, len(self.by_token), submitted, order.job.preset, parameters)
+        settings = settings if settings is not None else yaml.safe_load(config_to_yaml(order.job.config))
+        entry = Entry(order, len(self.by_token), submitted, order.job.preset, public_settings(settings))
         self.entries[order.id] = entry
         self.by_token[entry.token] = entry
         if not replayed:
@@ -231,12 +233,12 @@ class Studio:
                     out.append((existing, False))
                     continue
                 job = order.job
+                settings = yaml.safe_load(config_to_yaml(job.config))
                 self.batch.log.append({"event": "submit", "job": job.name, "folder": order.id, "key": job.key,
                                        "kind": order.kind, "preset": job.preset, "parent": order.parent,
-                                       "seed": job.config.seed, "steps": job.config.steps,
-                                       "config": yaml.safe_load(config_to_yaml(job.config)),
+                                       "seed": job.config.seed, "steps": job.config.steps, "config": settings,
                                        "animation": order.animation})
-                entry = self._add(order, time.time())
+                entry = self._add(order, time.time(), settings=settings)
                 if self.batch.result.status[order.id] == "done":  # its folder already holds it, verified
                     entry.status = "done"
                 else:
