@@ -30,82 +30,79 @@ PREVIEW_SIDE = 256  # pixels of a preview's longer side at most
 
 
 class WorkerPool:
-    """Spawned worker processes, one per device entry, fed one job each at a time."""
+    """Spawned worker processes, one per device entry, each handed one job at a time through its own inbox,
+    so the server always knows which job a worker holds (to stop it, or to run it again if the worker dies)."""
 
     def __init__(self, devices: list[str | None], threads: int, preview_every: float):
         self.context = multiprocessing.get_context("spawn")
-        self.tasks, self.results = self.context.Queue(), self.context.Queue()
+        self.results = self.context.Queue()
         self.devices, self.threads, self.preview_every = devices, threads, preview_every
         self.procs: list[Any] = [None] * len(devices)
+        self.inboxes: list[Any] = [None] * len(devices)
         self.stops = [self.context.Value("q", -1, lock=False) for _ in devices]  # run number of the job to stop
-        self.running: dict[int, int] = {}  # worker number -> token of its job
-        self.runs: dict[int, int] = {}  # worker number -> run number of its job (a resumed job runs anew)
-        self.handed_runs = 0
-        self.handed: set[int] = set()  # tokens put on the queue that no worker has started yet
-        self.unwanted: set[int] = set()  # handed tokens cancelled before a worker took them
+        self.holding: dict[int, tuple[int, int]] = {}  # worker number -> (token, run number) of its job
+        self.runs = 0  # run numbers: a job resumed later is another run, which an old stop does not touch
 
     def start(self) -> None:
         for number in range(len(self.devices)):
             self._spawn(number)
 
     def _spawn(self, number: int) -> None:
+        self.inboxes[number] = self.context.Queue()
         proc = self.context.Process(target=_worker, daemon=True, name=f"pixgen-worker-{number}", args=(
-            number, self.devices[number], self.threads, self.preview_every, os.getpid(), self.tasks,
+            number, self.devices[number], self.threads, self.preview_every, os.getpid(), self.inboxes[number],
             self.results, self.stops[number]))
         proc.start()
         self.procs[number] = proc
 
     def idle(self) -> int:
         """How many more jobs the workers can take now."""
-        return sum(p is not None and p.is_alive() for p in self.procs) - len(self.running) - len(self.handed)
+        return len(self.procs) - len(self.holding)
 
     def hand(self, token: int, order: Order) -> None:
-        self.handed.add(token)
-        self.handed_runs += 1
-        self.tasks.put((token, self.handed_runs, order))
+        number = next(n for n in range(len(self.procs)) if n not in self.holding)
+        self.runs += 1
+        self.holding[number] = (token, self.runs)
+        self.inboxes[number].put((token, self.runs, order))
 
     def cancel(self, token: int) -> None:
-        """Stop the job ``token`` at its next step (or as soon as a worker starts it)."""
-        for number, running in self.running.items():
-            if running == token:
-                self.stops[number].value = self.runs[number]
-        if token in self.handed:
-            self.unwanted.add(token)
+        """Stop the job ``token`` at its next step (before its first, if its worker has not started it yet)."""
+        for number, (held, run) in self.holding.items():
+            if held == token:
+                self.stops[number].value = run
 
     def poll(self, timeout: float) -> list[tuple[str, int, Any]]:
         """The workers' news as (kind, token, payload): start, progress, result, failed, stopped, died."""
+        news = self._drain(timeout)
+        for number, proc in enumerate(self.procs):
+            if proc is not None and not proc.is_alive():
+                news += self._drain(0)  # what it said before it died comes first
+                if number in self.holding:
+                    news.append(("died", self.holding.pop(number)[0], proc.exitcode))
+                self._spawn(number)
+        return news
+
+    def _drain(self, timeout: float) -> list[tuple[str, int, Any]]:
+        """News waiting in the results queue (waiting up to ``timeout`` for the first); a job's end frees its worker."""
         news = []
         try:
-            news.append(self.results.get(timeout=timeout))
+            news.append(self.results.get(timeout=timeout) if timeout else self.results.get_nowait())
             while True:
                 news.append(self.results.get_nowait())
         except queue.Empty:
             pass
-        out = []
-        for kind, token, payload, number in news:
-            if kind == "start":
-                self.handed.discard(token)
-                self.running[number], self.runs[number] = token, payload["run"]
-                payload = payload["resume_from"]
-                if token in self.unwanted:
-                    self.unwanted.discard(token)
-                    self.stops[number].value = self.runs[number]
-            elif kind in ("result", "failed", "stopped"):
-                self.running.pop(number, None)
-            out.append((kind, token, payload))
-        for number, proc in enumerate(self.procs):
-            if proc is not None and not proc.is_alive() and not news_from(news, number):
-                token = self.running.pop(number, None)
-                out.append(("died", token if token is not None else -1, proc.exitcode))
-                self._spawn(number)
-        return out
+        for kind, token, _payload, number in news:
+            if kind in ("result", "failed", "stopped") and self.holding.get(number, (None,))[0] == token:
+                del self.holding[number]
+        return [(kind, token, payload) for kind, token, payload, _number in news]
 
     def close(self) -> list[tuple[str, int, Any]]:
         """Stop every worker (running jobs save their state), then the processes; their last news."""
-        for number in self.running:
-            self.stops[number].value = self.runs[number]
-        for _ in self.procs:
-            self.tasks.put(None)
+        for number, (_token, run) in self.holding.items():
+            self.stops[number].value = run
+        for inbox in self.inboxes:
+            if inbox is not None:
+                inbox.put(None)
         news, deadline = [], time.monotonic() + 30
         while any(p is not None and p.is_alive() for p in self.procs) and time.monotonic() < deadline:
             news += self._drain(0.1)
@@ -114,25 +111,10 @@ class WorkerPool:
                 proc.terminate()
         return news + self._drain(0)
 
-    def _drain(self, timeout: float) -> list[tuple[str, int, Any]]:
-        out = []
-        try:
-            out.append(self.results.get(timeout=timeout) if timeout else self.results.get_nowait())
-            while True:
-                out.append(self.results.get_nowait())
-        except queue.Empty:
-            pass
-        return [(kind, token, payload["resume_from"] if kind == "start" else payload)
-                for kind, token, payload, _number in out]
 
-
-def news_from(news: list, number: int) -> bool:
-    return any(item[3] == number for item in news)
-
-
-def _worker(number: int, device: str | None, threads: int, preview_every: float, parent: int, tasks, results,
+def _worker(number: int, device: str | None, threads: int, preview_every: float, parent: int, inbox, results,
             stop) -> None:
-    """A worker process: run jobs from ``tasks`` until it gets None or the server is gone."""
+    """A worker process: run jobs from ``inbox`` until it gets None or the server is gone."""
     die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server decides when a job stops
     if device in (None, "cpu"):
@@ -141,13 +123,13 @@ def _worker(number: int, device: str | None, threads: int, preview_every: float,
         torch.set_num_threads(threads)
     while os.getppid() == parent:
         try:
-            task = tasks.get(timeout=1.0)
+            task = inbox.get(timeout=1.0)
         except queue.Empty:
             continue
         if task is None:
             return
         token, run, order = task
-        results.put(("start", token, {"resume_from": _resume_from(order), "run": run}, number))
+        results.put(("start", token, _resume_from(order), number))
         report = _Reporter(token, number, results, preview_every, _stopping(stop, run, parent))
         try:
             result = execute_order(order, report.step, report.frame, device)
