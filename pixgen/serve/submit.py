@@ -9,9 +9,11 @@ uploads (``upload-<hash>.png``, stored in ``DIR/uploads``), ``vqgan``/``clip`` r
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import secrets
 import tempfile
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -101,10 +103,26 @@ def _map_uploads(root: Path, settings: dict[str, Any]) -> dict[str, Any]:
     return settings
 
 
-def _check_models(config: RunConfig) -> None:
+_read_registry: tuple[Any, float, Any] = (None, -1e9, None)  # (where, when, the registry): its YAML is half a
+# request's time
+REGISTRY_FRESH = 2.0  # seconds a read registry serves requests (a model imported meanwhile shows up after that)
+
+
+def _registry():
+    """The model registry, read again when the last read is older than REGISTRY_FRESH."""
+    global _read_registry
     from pixgen.models.registry import load_registry
 
-    registry = load_registry()
+    where = (os.environ.get("PIXGEN_REGISTRY"), os.environ.get("PIXGEN_HOME"))
+    read_from, read_at, registry = _read_registry
+    if read_from != where or time.monotonic() - read_at > REGISTRY_FRESH:
+        registry = load_registry()
+        _read_registry = (where, time.monotonic(), registry)
+    return registry
+
+
+def _check_models(config: RunConfig) -> None:
+    registry = _registry()
     for kind, names in (("vqgan", [config.vqgan]), ("clip", config.clip)):
         for name in names:
             if not registry.has(kind, name):
