@@ -100,6 +100,12 @@ def create_app(studio: Studio, pool, *, token: str | None = None, allowed_hosts:
             code = 500
         return JSONResponse({"detail": " ".join(str(err).split())}, status_code=code)
 
+    @app.exception_handler(Exception)
+    async def internal_error(_request: Request, err: Exception) -> JSONResponse:
+        # a bug: one line for the client; uvicorn logs the traceback for the operator
+        return JSONResponse({"detail": f"internal error (a bug in pixgen, please report it): {type(err).__name__}"},
+                            status_code=500)
+
     @app.exception_handler(KeyError)
     async def unknown_job(_request: Request, err: KeyError) -> JSONResponse:
         return JSONResponse({"detail": f"no job {err.args[0]!r} in this studio"}, status_code=404)
