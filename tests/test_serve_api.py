@@ -106,7 +106,11 @@ def test_a_run_queues_streams_progress_and_serves_its_files(studio, tmp_path):
     download = s.client.get(done["files"]["gif"] + "?download=1")
     assert download.status_code == 200 and "attachment" in download.headers["content-disposition"]
     assert [r["event"] for r in log_records(tmp_path / "studio")] == ["submit", "start", "end"]
-    assert (tmp_path / "studio" / "index.html").is_file()  # the batch gallery, as pixgen batch leaves it
+    deadline = time.monotonic() + 15
+    while not (tmp_path / "studio" / "index.html").is_file():  # the batch gallery, rewritten every few seconds
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert job["id"] in (tmp_path / "studio" / "index.html").read_text()
     listed = s.client.get("/api/v1/jobs", params={"q": "RED", "status": "done"}).json()
     assert [j["id"] for j in listed["jobs"]] == [job["id"]] and listed["total"] == 1
     assert s.client.get("/api/v1/jobs", params={"q": "square"}).json()["total"] == 0
@@ -197,6 +201,7 @@ def test_cancel_keeps_the_state_and_resume_finishes_it(studio, tmp_path):
     assert s.wait(job["id"])["status"] == "cancelled"
     folder = tmp_path / "studio" / job["id"]
     assert (folder / "state.pt").is_file()
+    assert s.client.get(f"/api/v1/jobs/{job['id']}/preview").status_code == 200  # where it stopped
     assert s.client.post(f"/api/v1/jobs/{job['id']}/cancel").status_code == 409
     stopped_at = [r for r in log_records(tmp_path / "studio") if r["event"] == "interrupted"][0]["steps_done"]
     assert 5 <= stopped_at < 150
@@ -334,3 +339,72 @@ def test_a_prompt_with_html_is_data_never_markup(studio, tmp_path):
     s.studio.write_gallery()
     gallery = (tmp_path / "studio" / "index.html").read_text()
     assert "<img src=x" not in gallery and "&lt;img src=x onerror=alert(1)&gt;" in gallery
+
+
+def test_the_studio_outlives_a_failed_log_write_and_a_bug(studio, tmp_path, monkeypatch):
+    s = studio()
+    real_append = s.studio.batch.log.append
+    failures = iter([True])
+
+    def append(record):
+        if record.get("event") == "end" and next(failures, False):
+            from pixgen.errors import OutputError
+
+            raise OutputError("cannot write batch.jsonl: No space left on device")
+        return real_append(record)
+
+    monkeypatch.setattr(s.studio.batch.log, "append", append)
+    first = s.submit(seed=1)
+    failed = s.wait(first["id"])
+    assert failed["status"] == "failed" and "No space left" in failed["error"]
+    second = s.submit(seed=2)  # the runner goes on
+    assert s.wait(second["id"])["status"] == "done"
+    assert s.client.post(f"/api/v1/jobs/{first['id']}/resume").status_code == 200
+    assert s.wait(first["id"])["status"] == "done"
+
+
+def test_a_restart_trusts_the_folder_over_the_order_of_the_log(studio, tmp_path):
+    s = studio()
+    job = s.submit(seed=3)
+    s.wait(job["id"])
+    s.close()
+    log = tmp_path / "studio" / "batch.jsonl"
+    lines = log.read_text().splitlines()
+    submit = [line for line in lines if '"event": "submit"' in line]
+    log.write_text("\n".join([line for line in lines if line not in submit] + submit) + "\n")  # end before submit
+    again = Studio(tmp_path / "studio")
+    assert again.get(job["id"]).status == "done" and not again.waiting
+
+
+def test_a_relative_dir_records_absolute_upload_paths(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    studio = Studio(Path("rel"))
+    assert studio.root == (tmp_path / "rel").resolve() and (tmp_path / "rel" / "batch.jsonl").is_file()
+
+
+def test_refusals_that_cost_nothing_to_the_server(studio, tmp_path):
+    s = studio(max_queue=5, start=False)
+    bomb = io.BytesIO()
+    Image.new("L", (5000, 5000)).save(bomb, format="PNG")  # 25 M pixels in a few kB
+    answer = s.client.post("/api/v1/uploads", files={"file": ("x.png", bomb.getvalue(), "image/png")})
+    assert answer.status_code == 415 and "too large" in answer.json()["detail"]
+    seeds = ", ".join(str(i) for i in range(1500))
+    began = time.monotonic()
+    big = s.client.post("/api/v1/batches", json={"manifest": f"defaults:\n  prompt: x\nmatrix:\n  seed: [{seeds}]\n"})
+    assert big.status_code == 429 and time.monotonic() - began < 5  # refused before 1500 jobs are planned
+    assert s.client.get("/api/v1/jobs/nope/events").status_code == 404
+    assert s.client.get("/api/v1/jobs/nope/events").headers["content-type"] == "application/json"
+    odd = s.client.post("/api/v1/jobs", json={"prompt": "x", "settings": {**TINY, "prompt": 5}})
+    assert odd.status_code == 422 and "prompt must be a text" in odd.json()["detail"]
+    message = s.client.post("/api/v1/jobs", json={"prompt": "x", "settings": {**TINY, "lr": "fast"}}).json()
+    assert "manifest" not in message["detail"]
+
+
+def test_a_continued_run_does_not_take_the_folder_of_a_fresh_run(studio):
+    s = studio()
+    job = s.submit(seed=5, steps=4)
+    s.wait(job["id"])
+    more = s.client.post(f"/api/v1/jobs/{job['id']}/continue", json={"steps": 2}).json()
+    fresh = s.submit(seed=5, steps=6)
+    assert more["steps"] == fresh["steps"] == 6 and more["id"] != fresh["id"]
+    assert s.wait(more["id"])["status"] == "done" and s.wait(fresh["id"])["status"] == "done"

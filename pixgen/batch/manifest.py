@@ -156,8 +156,8 @@ def expand(manifest: dict[str, Any]) -> list[tuple[str, str | None, dict[str, An
     return expanded
 
 
-def resolve_job(label: str, settings: dict[str, Any]) -> tuple[str, RunConfig]:
-    """The preset name and validated config of one job; errors name the job and the key."""
+def resolve_job(label: str, settings: dict[str, Any], source: str = "the manifest") -> tuple[str, RunConfig]:
+    """The preset name and validated config of one job; errors name the job, the key and ``source``."""
     settings = dict(settings)
     preset = settings.pop("preset", DEFAULT_PRESET)
     try:
@@ -165,7 +165,7 @@ def resolve_job(label: str, settings: dict[str, Any]) -> tuple[str, RunConfig]:
             raise ConfigError(f"invalid value {preset!r} for 'preset': expected a preset name or .yaml file")
         layers = read_yaml_mapping(preset_path(preset), "preset")
         _check_keys(layers, f"preset {preset!r}", FIELD_NAMES)
-        config = resolve_config(base={**layers, **settings}, base_source="the manifest")
+        config = resolve_config(base={**layers, **settings}, base_source=source)
     except ConfigError as err:
         raise ConfigError(f"{label}: {err}") from None
     if config.seed is None:
@@ -191,9 +191,11 @@ def plan_batch(manifest_path: Path, output_dir: Path) -> list[Job]:
     return plan_jobs(expand(read_manifest(manifest_path)), output_dir)
 
 
-def plan_jobs(expanded: list[tuple[str, str | None, dict[str, Any]]], output_dir: Path) -> list[Job]:
-    """Jobs from :func:`expand`'s (label, name, settings), validated and placed in ``output_dir``; writes nothing."""
-    resolved = [(label, name, *resolve_job(label, settings)) for label, name, settings in expanded]
+def plan_jobs(expanded: list[tuple[str, str | None, dict[str, Any]]], output_dir: Path,
+              source: str = "the manifest") -> list[Job]:
+    """Jobs from :func:`expand`'s (label, name, settings), validated and placed in ``output_dir``; writes nothing.
+    ``source`` names where the settings came from in errors."""
+    resolved = [(label, name, *resolve_job(label, settings, source)) for label, name, settings in expanded]
     _refuse_duplicate_names([(label, name) for label, name, _, _ in resolved])
     auto = [f"{slugify(config.prompt.split('|')[0].split(':')[0], 40)}-s{config.seed}"
             for _, _, _, config in resolved]

@@ -86,10 +86,12 @@ MAX_IMAGE_PIXELS = 89_478_485
 UNREADABLE = (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError, struct.error, zlib.error)
 
 
-def open_image(path: Path | str, what: str, hint: str | None = None, kind: str = "image") -> Image.Image:
+def open_image(path: Path | str, what: str, hint: str | None = None, kind: str = "image",
+               max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
     """Read the image file ``path`` whole (pixels and text chunks); a missing, foreign, truncated,
-    damaged or oversized file is one InputError naming it as ``what`` (e.g. "init image"; "": the
-    path alone), that it is "not a readable ``kind``", and ``hint`` (what to do)."""
+    damaged or oversized file (over ``max_pixels``, checked before decoding) is one InputError naming
+    it as ``what`` (e.g. "init image"; "": the path alone), that it is "not a readable ``kind``", and
+    ``hint`` (what to do)."""
     name = f"{what} {path}" if what else str(path)
     try:
         with warnings.catch_warnings():
@@ -97,9 +99,9 @@ def open_image(path: Path | str, what: str, hint: str | None = None, kind: str =
             image = Image.open(path)
             try:
                 width, height = image.size
-                if width * height > MAX_IMAGE_PIXELS:
+                if width * height > max_pixels:
                     raise InputError(f"{name} is too large to read safely ({width}x{height} pixels, over "
-                                     f"{MAX_IMAGE_PIXELS:,}); downscale it first")
+                                     f"{max_pixels:,}); downscale it first")
                 image.load()
             except BaseException:
                 image.close()

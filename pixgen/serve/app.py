@@ -12,10 +12,14 @@ import base64
 import hashlib
 import shutil
 import tempfile
+import threading
+from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Annotated, Any
 
-from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
+from fastapi import Depends, FastAPI, File, HTTPException, Query, Request, UploadFile
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from fastapi.staticfiles import StaticFiles
@@ -30,10 +34,18 @@ from pixgen.serve.studio import FINAL, Busy, Entry, QueueFull, Studio
 from pixgen.serve.submit import UPLOADS_DIR, Order, plan_manifest, plan_order
 
 STATIC = Path(__file__).parent / "static"
+MAX_STREAMS = 100  # event streams open at once; more get 503 (each costs a little CPU every 0.1 s)
+MAX_UPLOADS_BYTES = 2 * 2**30  # all uploads of a studio together; more get 507
+UPLOAD_PIXELS = MAX_SIDE * MAX_SIDE  # an upload's pixels at most, checked before it is decoded (~50 MB then)
+UPLOAD_DECODES = threading.BoundedSemaphore(2)  # uploads decoded at once: each may take ~50 MB
 FILE_NAMES = ("image.png", "progress.gif", "animation.gif", "animation.mp4")
 FRAME_PREFIXES = ("step-", "frame-")
 MAX_LIST = 500  # jobs in one listing
-UPLOAD_FORMATS = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp"}
+UPLOAD_FORMATS = {"PNG": "png", "JPEG": "jpg", "MPO": "jpg", "WEBP": "webp"}  # MPO: JPEG from phone cameras
+
+
+class TooMany(PixgenError):
+    """More of something at once than the server takes (HTTP 503)."""
 
 
 class RunRequest(BaseModel):
@@ -87,8 +99,9 @@ def job_files(entry: Entry) -> dict[str, Any]:
 
 
 def create_app(studio: Studio, pool, *, token: str | None = None, allowed_hosts: tuple[str, ...] | None = None,
-               executor: str = "local") -> FastAPI:
+               executor: str = "local", secure_cookie: bool = False) -> FastAPI:
     """The app serving ``studio``; with ``token``, every API request must carry it."""
+    streams = SimpleNamespace(count=0)  # event streams open now (each polls its job every 0.1 s)
     app = FastAPI(title="pixgen studio", version=__version__, docs_url=None, redoc_url=None,
                   description="Make images with VQGAN+CLIP: queue jobs, watch them form, keep the results.")
     app.state.studio = studio
@@ -98,6 +111,8 @@ def create_app(studio: Studio, pool, *, token: str | None = None, allowed_hosts:
         code = 429 if isinstance(err, QueueFull) else 409 if isinstance(err, Busy) else 422
         if isinstance(err, OutputError):  # the server's disk, not the request
             code = 500
+        if isinstance(err, TooMany):
+            code = 503
         return JSONResponse({"detail": " ".join(str(err).split())}, status_code=code)
 
     @app.exception_handler(Exception)
@@ -152,8 +167,8 @@ def create_app(studio: Studio, pool, *, token: str | None = None, allowed_hosts:
     @app.post("/api/v1/batches", status_code=201)
     def submit_batch(request: ManifestRequest, response: Response) -> dict[str, Any]:
         """Queue every job of a batch manifest (YAML text: defaults, jobs, matrix)."""
-        studio.check_room()
-        return {"jobs": _queued(studio, plan_manifest(studio.root, request.manifest), response)}
+        orders = plan_manifest(studio.root, request.manifest, room=studio.check_room)
+        return {"jobs": _queued(studio, orders, response)}
 
     @app.post("/api/v1/uploads", status_code=201)
     def upload(file: Annotated[UploadFile, File()]) -> dict[str, Any]:
@@ -174,27 +189,33 @@ def create_app(studio: Studio, pool, *, token: str | None = None, allowed_hosts:
         with studio.lock:
             return job_json(studio.get(job_id))
 
+    def snapshot(entry: Entry, status: str | None) -> tuple[dict | None, dict | None]:
+        with studio.lock:
+            progress = _progress_event(entry) if entry.progress else None
+            return progress, job_json(entry) if entry.status != status else None
+
     @app.get("/api/v1/jobs/{job_id}/events", response_class=EventSourceResponse)
-    async def events(job_id: str, request: Request):
+    async def events(entry: Annotated[Entry, Depends(job_entry)], request: Request):
         """Progress (step, loss, a preview at most every few tenths of a second) and status changes."""
-        entry = studio.get(job_id)
-        seen, status = -1, None
-        while not await request.is_disconnected():
-            with studio.lock:
-                version, current = entry.version, entry.status
-                if version != seen:
-                    progress = _progress_event(entry) if entry.progress else None
-                    whole = job_json(entry) if current != status else None
-            if version != seen:
-                seen = version
-                if progress is not None:
-                    yield ServerSentEvent(event="progress", data=progress)
-                if whole is not None:
-                    status = current
-                    yield ServerSentEvent(event="status", data=whole)
-                    if current in FINAL or current == "deleted":
-                        return
-            await asyncio.sleep(0.1)
+        if streams.count >= MAX_STREAMS:
+            raise TooMany(f"{MAX_STREAMS} event streams are open; close some pages or poll GET /api/v1/jobs/ID")
+        streams.count += 1
+        try:
+            seen, status = -1, None
+            while not await request.is_disconnected():
+                if entry.version != seen:  # read without the lock: the event loop never waits for it
+                    seen = entry.version
+                    progress, whole = await run_in_threadpool(snapshot, entry, status)
+                    if progress is not None:
+                        yield ServerSentEvent(event="progress", data=progress)
+                    if whole is not None:
+                        status = whole["status"]
+                        yield ServerSentEvent(event="status", data=whole)
+                        if status in FINAL or status == "deleted":
+                            return
+                await asyncio.sleep(0.1)
+        finally:
+            streams.count -= 1
 
     @app.get("/api/v1/jobs/{job_id}/preview")
     def preview(job_id: str) -> Response:
@@ -240,7 +261,7 @@ def create_app(studio: Studio, pool, *, token: str | None = None, allowed_hosts:
         if entry.status != "done":
             raise Busy(f"job {job_id} is {entry.status}; only a finished run can be continued")
         studio.check_room()
-        order = derived_order(studio, job_id, {"steps": entry.order.job.config.steps + steps})
+        order = continued(derived_order(studio, job_id, {"steps": entry.order.job.config.steps + steps}), entry.order)
         carry_state(entry.order, order)
         return _queued(studio, [order], response)[0]
 
@@ -252,10 +273,17 @@ def create_app(studio: Studio, pool, *, token: str | None = None, allowed_hosts:
         studio.delete(job_id)
         return {"deleted": job_id}
 
-    return Guard(app, token=token, allowed_hosts=allowed_hosts)
+    return Guard(app, token=token, allowed_hosts=allowed_hosts, secure_cookie=secure_cookie)
+
+
+def job_entry(job_id: str, request: Request) -> Entry:
+    """The job of the path, as a dependency: an unknown job is a 404 before an event stream starts."""
+    return request.app.state.studio.get(job_id)
 
 
 def _queued(studio: Studio, orders: list[Order], response: Response) -> list[dict[str, Any]]:
+    if studio.broken:
+        raise TooMany("the studio's job runner has stopped (see the server's log); restart pixgen serve")
     pairs = studio.submit(orders)
     if not any(new for _, new in pairs):
         response.status_code = 200  # every job was already there: nothing new queued
@@ -278,6 +306,16 @@ def derived_order(studio: Studio, job_id: str, changes: dict[str, Any]) -> Order
     animation = entry.order.animation
     prompt = entry.parameters["prompt"] if animation is None else ""
     return plan_order(studio.root, prompt, entry.preset, settings, animation=animation, parent=job_id)
+
+
+def continued(order: Order, parent: Order) -> Order:
+    """``order`` in a folder of its own: a run continued from ``parent`` is not a fresh run of as many steps
+    (a learning-rate schedule, for one, depends on the total), so it must not share that run's folder."""
+    from pixgen.pipeline.runner import slugify
+
+    key = hashlib.sha256(f"{order.job.key} continued from {parent.id}".encode()).hexdigest()[:10]
+    job = order.job
+    return replace(order, job=replace(job, key=key, folder=job.folder.with_name(f"{slugify(job.name, 40)}-{key}")))
 
 
 def carry_state(parent: Order, order: Order) -> None:
@@ -312,6 +350,10 @@ def store_upload(root: Path, file: UploadFile) -> dict[str, Any]:
 
     uploads = Path(root) / UPLOADS_DIR
     uploads.mkdir(parents=True, exist_ok=True)
+    held = sum(p.stat().st_size for p in uploads.iterdir() if p.is_file())
+    if held >= MAX_UPLOADS_BYTES:
+        raise HTTPException(507, f"the studio's uploads take {held / 2**30:.1f} GiB, its limit; delete old ones from "
+                                 f"{UPLOADS_DIR}/ on the server")
     with tempfile.NamedTemporaryFile(dir=uploads, prefix=".incoming-", delete=False) as handle:
         temp = Path(handle.name)
         size = 0
@@ -323,7 +365,7 @@ def store_upload(root: Path, file: UploadFile) -> dict[str, Any]:
             handle.write(block)
     try:
         try:
-            with open_image(temp, "upload") as image:
+            with UPLOAD_DECODES, open_image(temp, "upload", max_pixels=UPLOAD_PIXELS) as image:
                 fmt, width, height = image.format, image.width, image.height
         except InputError as err:
             raise HTTPException(415, " ".join(str(err).replace(str(temp), "the upload").split())) from None

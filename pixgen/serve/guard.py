@@ -37,8 +37,8 @@ class BodyTooLarge(Exception):
 class Guard:
     """ASGI middleware around the studio app (see the module's docstring)."""
 
-    def __init__(self, app, *, token: str | None, allowed_hosts: tuple[str, ...] | None):
-        self.app, self.token, self.allowed_hosts = app, token, allowed_hosts
+    def __init__(self, app, *, token: str | None, allowed_hosts: tuple[str, ...] | None, secure_cookie: bool = False):
+        self.app, self.token, self.allowed_hosts, self.secure = app, token, allowed_hosts, secure_cookie
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -84,7 +84,7 @@ class Guard:
                 extra = [(b"x-content-type-options", b"nosniff"), (b"x-frame-options", b"DENY"),
                          (b"referrer-policy", b"no-referrer"), (b"content-security-policy", policy.encode())]
                 if set_cookie is not None:
-                    extra.append((b"set-cookie", _cookie(set_cookie)))
+                    extra.append((b"set-cookie", _cookie(set_cookie, self.secure)))
                 message = {**message, "headers": list(message.get("headers", [])) + extra}
             await send(message)
 
@@ -108,7 +108,7 @@ class Guard:
             given = None
         if not isinstance(given, str) or not self._valid(given):
             return await _refuse(send, 401, "wrong token")
-        return await _answer(send, 200, {"detail": "signed in"}, [(b"set-cookie", _cookie(self.token))])
+        return await _answer(send, 200, {"detail": "signed in"}, [(b"set-cookie", _cookie(self.token, self.secure))])
 
 
 def _hostname(host: str) -> str:
@@ -129,8 +129,9 @@ def _given_token(headers: dict[str, str], query: dict[str, list[str]]) -> str | 
     return cookie[COOKIE].value if COOKIE in cookie else None
 
 
-def _cookie(token: str) -> bytes:
-    return f"{COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict".encode()
+def _cookie(token: str, secure: bool) -> bytes:
+    """The session cookie; ``secure`` (the studio is reached over https) keeps it off plain http."""
+    return f"{COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict{'; Secure' if secure else ''}".encode()
 
 
 async def _refuse(send, status: int, detail: str) -> None:

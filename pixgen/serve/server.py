@@ -16,6 +16,8 @@ from pixgen.errors import ConfigError, OutputError
 from pixgen.folder_lock import hold_folder
 
 TOKEN_ENV = "PIXGEN_TOKEN"
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]", "::1")
+MAX_CONNECTIONS = 256  # connections and tasks at once (uvicorn answers 503 past them): file descriptors are finite
 
 
 @dataclass
@@ -121,8 +123,9 @@ def serve(options: ServeOptions, say: Callable[[str], None] = print) -> None:
             say(f"note: {note}")
         pool = make_pool(options)
         driver = threading.Thread(target=studio.serve_forever, args=(pool, say), name="pixgen-studio", daemon=True)
-        allowed = None if token is not None else ("127.0.0.1", "localhost", "[::1]", "::1")
-        app = create_app(studio, pool, token=token, allowed_hosts=allowed, executor=options.executor)
+        allowed = None if token is not None else (*LOOPBACK_NAMES, options.host, f"[{options.host}]")
+        app = create_app(studio, pool, token=token, allowed_hosts=allowed, executor=options.executor,
+                         secure_cookie=public is not None and public.scheme == "https")
         port = sock.getsockname()[1]
         where = f"[{options.host}]" if ":" in options.host else options.host
         url = f"http://{where}:{port}/" if public is None else options.public_url.rstrip("/") + "/"
@@ -131,7 +134,7 @@ def serve(options: ServeOptions, say: Callable[[str], None] = print) -> None:
         say(f"pixgen studio: {url}  (jobs in {options.root}; {queued} queued; Ctrl-C stops)")
         driver.start()
         server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
-                                               timeout_graceful_shutdown=2))
+                                               timeout_graceful_shutdown=2, limit_concurrency=MAX_CONNECTIONS))
         try:
             server.run(sockets=[sock])
         except KeyboardInterrupt:  # uvicorn raises the Ctrl-C it handled once it has stopped: a normal stop

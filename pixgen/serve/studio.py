@@ -35,6 +35,21 @@ from pixgen.serve.submit import Order, public_settings
 STATES = ("queued", "running", "done", "failed", "cancelled")
 FINAL = ("done", "failed", "cancelled")
 GALLERY_EVERY = 5.0  # seconds between rewrites of index.html and contact-sheet.png at most
+GALLERY_JOBS = 500  # the newest jobs the batch gallery shows (the studio page shows them all)
+
+
+def _remove_leftovers(root: Path) -> None:
+    """What a killed server left half done: folders being deleted, uploads being received."""
+    for path in root.glob(".deleting-*"):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+    for path in (root / "uploads").glob(".incoming-*"):
+        if path.is_file() and not path.is_symlink():
+            path.unlink(missing_ok=True)
+
+
+def one_line(err: BaseException) -> str:
+    return " ".join(str(err).split())
 
 
 class QueueFull(PixgenError):
@@ -94,7 +109,7 @@ class StudioBatch(Batch):
         """The gallery's cards as the jobs stand now (cheap: no file is read)."""
         self.stale = False
         cards = []
-        for job in self.jobs:
+        for job in self.jobs[-GALLERY_JOBS:]:
             done = self.result.status.get(job.folder.name) == "done"
             end = self.ends.get(job.folder.name) if done else None
             picture = "image.png"
@@ -116,8 +131,9 @@ class Studio:
     """Every job of one studio folder: durable, queued, and driven through a worker pool."""
 
     def __init__(self, root: Path, max_queue: int = 1000):
-        self.root = Path(root)
+        self.root = Path(root).resolve()  # recorded upload paths must not depend on the server's working folder
         self.root.mkdir(parents=True, exist_ok=True)
+        _remove_leftovers(self.root)
         self.max_queue = max_queue
         self.lock = threading.RLock()
         self.entries: dict[str, Entry] = {}
@@ -125,8 +141,10 @@ class Studio:
         self.waiting: deque[int] = deque()  # tokens of queued jobs, oldest first (some may since have changed)
         self.kinds: dict[str, str] = {}
         self.batch = StudioBatch(self.root, self.kinds)
+        self.batch.log.path.touch()  # DIR is a studio from its first start on, even before a job
         self.stopping = threading.Event()
         self.cancels: deque[int] = deque()  # tokens of running jobs to stop, for the driver thread
+        self.broken = False  # serve_forever ended without being asked to: nothing submitted would run
         self.notes: list[str] = []  # what the restart found, for the server's log
         self._replay()
 
@@ -178,13 +196,15 @@ class Studio:
 
     def _settle(self, entry: Entry) -> None:
         """After the replay: a done job must verify (else it runs again); a running one is queued again."""
-        if entry.status == "done" and not self.batch.is_done(entry.order.job):
-            entry.status = "queued"
-        elif entry.status == "running":
+        if entry.status == "running":
             entry.status = "cancelled" if entry.cancel_requested else "queued"
+        if entry.status in ("done", "queued"):  # the folder decides: an end logged before the submit counts too
+            entry.status = "done" if self.batch.is_done(entry.order.job) else "queued"
         self.batch.result.status[entry.id] = "done" if entry.status == "done" else "pending"
         if entry.status == "queued":
             self.waiting.append(entry.token)
+        elif entry.status == "done":
+            entry.cancel_requested = False
 
     def _add(self, order: Order, submitted: float, replayed: bool = False,
              settings: dict[str, Any] | None = None) -> Entry:
@@ -309,39 +329,68 @@ class Studio:
     # ---- driving the workers -------------------------------------------------------------------
 
     def serve_forever(self, pool, on_note: Callable[[str], None] | None = None) -> None:
-        """Hand queued jobs to idle workers and take their news, until :attr:`stopping` is set."""
-        pool.start()
-        written = 0.0
+        """Hand queued jobs to idle workers and take their news, until :attr:`stopping` is set.
+
+        A failure in one round (a full disk refusing the log, a bug) is told through ``on_note`` and the
+        next round goes on: the studio keeps running. The gallery is written by a thread of its own."""
+        say = on_note or (lambda _line: None)
         try:
+            pool.start()
+            threading.Thread(target=self._keep_gallery, args=(say,), name="pixgen-gallery", daemon=True).start()
             while not self.stopping.is_set():
-                with self.lock:
-                    while self.cancels:
-                        pool.cancel(self.cancels.popleft())
-                    while pool.idle() > 0 and (entry := self._next()) is not None:
-                        entry.status, entry.started = "running", time.monotonic()
-                        entry.touch()
-                        pool.hand(entry.token, entry.order)
-                for kind, token, payload in pool.poll(0.1):
-                    with self.lock:
-                        self._news(kind, token, payload, on_note)
-                if self.batch.stale and time.monotonic() - written >= GALLERY_EVERY:
-                    self.write_gallery()
-                    written = time.monotonic()
+                try:
+                    self._drive(pool, say)
+                except Exception as err:  # noqa: BLE001 - the studio must outlive one bad round
+                    say(f"error: {one_line(err)}" if isinstance(err, PixgenError) else
+                        f"internal error (a bug in pixgen): {type(err).__name__}: {one_line(err)}")
+                    self.stopping.wait(1.0)
         finally:
+            self.broken = not self.stopping.is_set()
             last = pool.close()
             with self.lock:
                 for kind, token, payload in last:  # jobs stopped on the way out: logged, queued again on restart
-                    self._news(kind, token, payload, on_note)
-            self.write_gallery()
+                    self._take(kind, token, payload, say)
+            self.write_gallery(say)
 
-    def write_gallery(self) -> None:
+    def _drive(self, pool, say: Callable[[str], None]) -> None:
+        """One round: pass on cancels, hand out queued jobs, take the workers' news."""
+        with self.lock:
+            while self.cancels:
+                pool.cancel(self.cancels.popleft())
+            while pool.idle() > 0 and (entry := self._next()) is not None:
+                entry.status, entry.started = "running", time.monotonic()
+                entry.touch()
+                pool.hand(entry.token, entry.order)
+        for kind, token, payload in pool.poll(0.1):
+            with self.lock:
+                self._take(kind, token, payload, say)
+
+    def _take(self, kind: str, token: int, payload: Any, say: Callable[[str], None]) -> None:
+        """Apply one piece of news; if it cannot be logged, the job fails with why (its files stay)."""
+        try:
+            self._news(kind, token, payload, say)
+        except PixgenError as err:
+            entry = self.by_token.get(token)
+            say(f"error: job {entry.id if entry else token}: {one_line(err)}")
+            if entry is not None and kind in ("result", "failed", "stopped", "died"):
+                entry.status, entry.error, entry.cancel_requested = "failed", one_line(err), False
+                entry.touch()
+
+    def _keep_gallery(self, say: Callable[[str], None]) -> None:
+        """Rewrite the batch gallery when jobs changed, at most every GALLERY_EVERY seconds."""
+        while not self.stopping.wait(GALLERY_EVERY):
+            if self.batch.stale:
+                self.write_gallery(say)
+
+    def write_gallery(self, say: Callable[[str], None] | None = None) -> None:
         """Rewrite the batch gallery (index.html, contact-sheet.png) from the jobs as they stand."""
         with self.lock:
             cards = self.batch.cards()
         try:
             write_gallery(self.root, cards)
-        except PixgenError as err:  # a full disk or a damaged image: the jobs are fine, the gallery waits
-            self.notes.append(f"the gallery was not rewritten: {err}")
+        except Exception as err:  # noqa: BLE001 - a full disk or a damaged image: the jobs are fine, the gallery waits
+            if say is not None:
+                say(f"note: the gallery was not rewritten: {one_line(err)}")
 
     def _next(self) -> Entry | None:
         while self.waiting:
@@ -351,6 +400,10 @@ class Studio:
         return None
 
     def _news(self, kind: str, token: int, payload: Any, on_note: Callable[[str], None] | None) -> None:
+        if kind == "note":  # from the pool, about a worker rather than a job
+            if on_note is not None:
+                on_note(payload)
+            return
         entry = self.by_token.get(token)
         if entry is None:
             return
@@ -383,10 +436,13 @@ class Studio:
                 entry.status, entry.error = "failed", f"{error} {entry.deaths} times"
             else:
                 self.batch.retried(job, f"{error}; running it again")
-                entry.status = "queued"
-                self.waiting.appendleft(token)
+                entry.status = "cancelled" if entry.cancel_requested else "queued"
+                if entry.status == "queued":
+                    self.waiting.appendleft(token)
             if on_note is not None:
                 on_note(f"job {entry.id}: {error}")
         if entry.status in FINAL:
-            entry.preview = None  # the job's files show it now; previews of thousands of jobs would add up
+            entry.cancel_requested = False
+        if entry.status == "done":
+            entry.preview = None  # its image shows it now; previews of thousands of jobs would add up
         entry.touch()

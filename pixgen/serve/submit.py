@@ -14,6 +14,7 @@ import re
 import secrets
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -153,9 +154,9 @@ def plan_order(root: Path, prompt: Any, preset: Any = "default", settings: Any =
 
     settings = _check_settings(settings, "settings")
     preset = check_preset(settings.pop("preset", preset))
+    prompt = settings.pop("prompt", prompt)
     if not isinstance(prompt, str):
         raise ConfigError("prompt must be a text")
-    prompt = settings.pop("prompt", prompt)
     if name is not None and (not isinstance(name, str) or not name.strip() or len(name) > MAX_NAME):
         raise ConfigError(f"name must be a non-empty text of at most {MAX_NAME} characters")
     if settings.get("seed") is None:
@@ -164,9 +165,8 @@ def plan_order(root: Path, prompt: Any, preset: Any = "default", settings: Any =
     if animation is not None:
         plan = _plan_animation(animation, prompt)
         prompt = plan.segments[0].prompt
-    label = "the request"
-    job = plan_jobs([(label, None, {**_map_uploads(root, settings), "preset": preset, "prompt": prompt})],
-                    root)[0]
+    job = plan_jobs([("the request", None, {**_map_uploads(root, settings), "preset": preset, "prompt": prompt})],
+                    root, source="the request")[0]
     config = job.config
     _check_models(config)
     _check_inputs(root, config)
@@ -205,8 +205,9 @@ def animation_plan(order: Order):
     return plan_animation(settings_from_mapping(order.animation, "animation"))
 
 
-def plan_manifest(root: Path, text: Any) -> list[Order]:
-    """Every job of a batch manifest given as YAML text, checked as the request's settings are."""
+def plan_manifest(root: Path, text: Any, room: Callable[[int], None] = lambda _count: None) -> list[Order]:
+    """Every job of a batch manifest given as YAML text, checked as the request's settings are. ``room`` is
+    called with the number of jobs before they are planned (planning costs ~20 ms a job): it may refuse."""
     if not isinstance(text, str):
         raise ConfigError("manifest must be the text of a batch manifest (YAML)")
     with tempfile.TemporaryDirectory(prefix="pixgen-manifest-") as folder:
@@ -217,6 +218,7 @@ def plan_manifest(root: Path, text: Any) -> list[Order]:
         except PixgenError as err:
             text = str(err).replace(f"manifest {path}", "the manifest").replace(str(path), "the manifest")
             raise type(err)(text) from None
+    room(len(expanded))
     checked = []
     for label, name, settings in expanded:
         settings = _check_settings(settings, label)

@@ -27,6 +27,8 @@ from pixgen.pipeline.runner import RunResult
 from pixgen.serve.submit import Order, animation_plan
 
 PREVIEW_SIDE = 256  # pixels of a preview's longer side at most
+EARLY_DEATH = 10.0  # seconds: a worker that ends sooner after its start is started again only after a pause
+MAX_PAUSE = 60.0
 
 
 class WorkerPool:
@@ -42,12 +44,15 @@ class WorkerPool:
         self.stops = [self.context.Value("q", -1, lock=False) for _ in devices]  # run number of the job to stop
         self.holding: dict[int, tuple[int, int]] = {}  # worker number -> (token, run number) of its job
         self.runs = 0  # run numbers: a job resumed later is another run, which an old stop does not touch
+        self.spawned = [0.0] * len(devices)  # when each worker was last started
+        self.pause = [0.0] * len(devices)  # seconds before a worker that died early is started again
 
     def start(self) -> None:
         for number in range(len(self.devices)):
             self._spawn(number)
 
     def _spawn(self, number: int) -> None:
+        self.spawned[number] = time.monotonic()
         self.inboxes[number] = self.context.Queue()
         proc = self.context.Process(target=_worker, daemon=True, name=f"pixgen-worker-{number}", args=(
             number, self.devices[number], self.threads, self.preview_every, os.getpid(), self.inboxes[number],
@@ -57,10 +62,13 @@ class WorkerPool:
 
     def idle(self) -> int:
         """How many more jobs the workers can take now."""
-        return len(self.procs) - len(self.holding)
+        return len(self._free())
+
+    def _free(self) -> list[int]:
+        return [n for n, proc in enumerate(self.procs) if proc is not None and n not in self.holding]
 
     def hand(self, token: int, order: Order) -> None:
-        number = next(n for n in range(len(self.procs)) if n not in self.holding)
+        number = self._free()[0]
         self.runs += 1
         self.holding[number] = (token, self.runs)
         self.inboxes[number].put((token, self.runs, order))
@@ -72,13 +80,25 @@ class WorkerPool:
                 self.stops[number].value = run
 
     def poll(self, timeout: float) -> list[tuple[str, int, Any]]:
-        """The workers' news as (kind, token, payload): start, progress, result, failed, stopped, died."""
+        """The workers' news as (kind, token, payload): start, progress, result, failed, stopped, died, and
+        note (about a worker that keeps dying: it is started again after a growing pause)."""
         news = self._drain(timeout)
+        now = time.monotonic()
         for number, proc in enumerate(self.procs):
             if proc is not None and not proc.is_alive():
                 news += self._drain(0)  # what it said before it died comes first
-                if number in self.holding:
-                    news.append(("died", self.holding.pop(number)[0], proc.exitcode))
+                held = self.holding.pop(number, None)
+                if held is not None:  # its job runs again (RETRIES times at most): no pause
+                    news.append(("died", held[0], proc.exitcode))
+                self.procs[number] = None
+                early = held is None and now - self.spawned[number] < EARLY_DEATH
+                self.pause[number] = min(MAX_PAUSE, max(1.0, self.pause[number] * 2)) if early else 0.0
+                if early:
+                    lived, device = now - self.spawned[number], self.devices[number] or "auto"
+                    news.append(("note", -1, f"worker {number} ({device}) ended {lived:.0f} s after it started "
+                                             f"(exit code {proc.exitcode}); starting it again in "
+                                             f"{self.pause[number]:.0f} s"))
+            if self.procs[number] is None and now - self.spawned[number] >= self.pause[number]:
                 self._spawn(number)
         return news
 
