@@ -408,3 +408,17 @@ def test_a_continued_run_does_not_take_the_folder_of_a_fresh_run(studio):
     fresh = s.submit(seed=5, steps=6)
     assert more["steps"] == fresh["steps"] == 6 and more["id"] != fresh["id"]
     assert s.wait(more["id"])["status"] == "done" and s.wait(fresh["id"])["status"] == "done"
+
+
+def test_a_chunked_body_past_the_limit_is_413(studio):
+    client = studio(start=False).client
+
+    def chunks():
+        for _ in range(7):
+            yield b" " * 2**20
+
+    answer = client.post("/api/v1/jobs", content=chunks(), headers={"Content-Type": "application/json"})
+    assert answer.status_code == 413 and "over 5 MiB" in answer.json()["detail"]
+    upload = client.post("/api/v1/uploads", content=(b"x" * 2**20 for _ in range(18)),
+                         headers={"Content-Type": "multipart/form-data; boundary=b"})
+    assert upload.status_code == 413

@@ -30,10 +30,6 @@ DOCS_POLICY = ("default-src 'self'; img-src 'self' data:; style-src 'self' 'unsa
                "script-src 'self' 'unsafe-inline'; frame-ancestors 'none'")
 
 
-class BodyTooLarge(Exception):
-    pass
-
-
 class Guard:
     """ASGI middleware around the studio app (see the module's docstring)."""
 
@@ -67,19 +63,26 @@ class Guard:
         limit = MAX_UPLOAD_BYTES + 2**16 if path == "/api/v1/uploads" else MAX_BODY_BYTES
         if int(headers.get("content-length") or 0) > limit:
             return await _refuse(send, 413, f"the request body is over {limit // 2**20} MiB")
-        received = 0
+        received, refused = 0, False
+        too_large = f"the request body is over {limit // 2**20} MiB"
 
         async def limited_receive():
-            nonlocal received
+            nonlocal received, refused
+            if refused:
+                return {"type": "http.disconnect"}
             message = await receive()
             received += len(message.get("body", b""))
-            if received > limit:
-                raise BodyTooLarge
+            if received > limit:  # a chunked body (no Content-Length) past the limit: answer 413 here, then
+                refused = True    # tell the app the client left, and drop whatever it answers
+                await _refuse(send, 413, too_large)
+                return {"type": "http.disconnect"}
             return message
 
         policy = DOCS_POLICY if path == "/docs" else PAGE_POLICY
 
         async def send_with_headers(message):
+            if refused:
+                return
             if message["type"] == "http.response.start":
                 extra = [(b"x-content-type-options", b"nosniff"), (b"x-frame-options", b"DENY"),
                          (b"referrer-policy", b"no-referrer"), (b"content-security-policy", policy.encode())]
@@ -90,8 +93,9 @@ class Guard:
 
         try:
             await self.app(scope, limited_receive, send_with_headers)
-        except BodyTooLarge:
-            await _refuse(send, 413, f"the request body is over {limit // 2**20} MiB")
+        except Exception:
+            if not refused:
+                raise
 
     def _valid(self, given: str | None) -> bool:
         return given is not None and hmac.compare_digest(given.encode(), self.token.encode())
