@@ -350,13 +350,14 @@ def test_the_studio_outlives_a_failed_log_write_and_a_bug(studio, tmp_path, monk
         if record.get("event") == "end" and next(failures, False):
             from pixgen.errors import OutputError
 
-            raise OutputError("cannot write batch.jsonl: No space left on device")
+            raise OutputError(f"cannot write {tmp_path / 'studio' / 'batch.jsonl'}: No space left on device")
         return real_append(record)
 
     monkeypatch.setattr(s.studio.batch.log, "append", append)
     first = s.submit(seed=1)
     failed = s.wait(first["id"])
     assert failed["status"] == "failed" and "No space left" in failed["error"]
+    assert str(tmp_path) not in failed["error"]
     second = s.submit(seed=2)  # the runner goes on
     assert s.wait(second["id"])["status"] == "done"
     assert s.client.post(f"/api/v1/jobs/{first['id']}/resume").status_code == 200

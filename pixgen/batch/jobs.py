@@ -160,12 +160,14 @@ class Batch:
         self.running.add(job.folder.name)
         self.emit("start", job)
 
-    def finished(self, job: Job, result: RunResult, seconds: float, extra: dict | None = None) -> None:
-        """Log a job's end (``extra``: more fields for its record, e.g. the worker that ran it)."""
+    def finished(self, job: Job, result: RunResult, seconds: float, extra: dict | None = None,
+                 files: dict[str, str] | None = None) -> None:
+        """Log a job's end (``extra``: more fields for its record, e.g. the worker that ran it; ``files``: its
+        outputs' sha256 if already computed, see :func:`~pixgen.batch.log.output_files`)."""
         record = {**_identity(job), "steps_done": result.steps_done, "loss": result.loss,
                   "seconds": round(seconds, 3), **(extra or {})}
         if result.completed:
-            record = {"event": "end", **record, "files": output_files(job.folder)}
+            record = {"event": "end", **record, "files": files if files is not None else output_files(job.folder)}
             self.ends[job.folder.name] = record
             self.result.status[job.folder.name] = "done"
         else:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import re
 import shutil
 import tempfile
 import threading
@@ -75,9 +76,18 @@ def job_json(entry: Entry) -> dict[str, Any]:
     order, config = entry.order, entry.order.job.config
     return {"id": entry.id, "kind": order.kind, "name": order.job.name, "prompt": config.prompt,
             "preset": entry.preset, "status": entry.status, "cancel_requested": entry.cancel_requested,
-            "error": entry.error, "submitted": entry.submitted, "seed": config.seed, "steps": config.steps,
+            "error": public_error(entry.error, entry.order.job.folder.parent), "submitted": entry.submitted, "seed": config.seed, "steps": config.steps,
             "size": list(config.size), "progress": entry.progress, "parameters": entry.parameters,
             "animation": order.animation, "files": job_files(entry), "parent": order.parent}
+
+
+def public_error(error: str | None, root: Path) -> str | None:
+    """A job's error as a web client should read it: paths inside DIR relative to it, and the studio's way to go on
+    instead of the command line's (the server's log keeps the whole line)."""
+    if error is None:
+        return None
+    error = re.sub(r"continue with: pixgen resume \S+", "resume the job", error)
+    return error.replace(f"{root}/", "").replace(str(root), "DIR")
 
 
 def job_files(entry: Entry) -> dict[str, Any]:

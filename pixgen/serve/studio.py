@@ -25,7 +25,7 @@ import yaml
 
 from pixgen.batch.gallery import Card, write_gallery
 from pixgen.batch.jobs import RETRIES, Batch
-from pixgen.batch.log import is_verified
+from pixgen.batch.log import is_verified, output_files
 from pixgen.batch.manifest import Job, check_folder
 from pixgen.config import config_from_mapping, config_to_yaml
 from pixgen.errors import ConfigError, PixgenError
@@ -362,13 +362,17 @@ class Studio:
                 entry.touch()
                 pool.hand(entry.token, entry.order)
         for kind, token, payload in pool.poll(0.1):
+            files = None
+            if kind == "result" and payload.completed and token in self.by_token:  # hashed outside the lock
+                files = output_files(self.by_token[token].order.job.folder)
             with self.lock:
-                self._take(kind, token, payload, say)
+                self._take(kind, token, payload, say, files)
 
-    def _take(self, kind: str, token: int, payload: Any, say: Callable[[str], None]) -> None:
+    def _take(self, kind: str, token: int, payload: Any, say: Callable[[str], None],
+              files: dict[str, str] | None = None) -> None:
         """Apply one piece of news; if it cannot be logged, the job fails with why (its files stay)."""
         try:
-            self._news(kind, token, payload, say)
+            self._news(kind, token, payload, say, files)
         except PixgenError as err:
             entry = self.by_token.get(token)
             say(f"error: job {entry.id if entry else token}: {one_line(err)}")
@@ -399,7 +403,8 @@ class Studio:
                 return entry
         return None
 
-    def _news(self, kind: str, token: int, payload: Any, on_note: Callable[[str], None] | None) -> None:
+    def _news(self, kind: str, token: int, payload: Any, on_note: Callable[[str], None] | None,
+              files: dict[str, str] | None = None) -> None:
         if kind == "note":  # from the pool, about a worker rather than a job
             if on_note is not None:
                 on_note(payload)
@@ -415,7 +420,7 @@ class Studio:
             entry.progress = payload
         elif kind == "result":
             result: RunResult = payload
-            self.batch.finished(job, result, time.monotonic() - entry.started)
+            self.batch.finished(job, result, time.monotonic() - entry.started, files=files)
             self.batch.result.interrupted = False
             entry.status = "done" if result.completed else ("cancelled" if entry.cancel_requested else "queued")
             if entry.status == "queued":  # stopped without being asked (the server is closing): run it again
