@@ -76,7 +76,8 @@ def job_json(entry: Entry) -> dict[str, Any]:
     order, config = entry.order, entry.order.job.config
     return {"id": entry.id, "kind": order.kind, "name": order.job.name, "prompt": config.prompt,
             "preset": entry.preset, "status": entry.status, "cancel_requested": entry.cancel_requested,
-            "error": public_error(entry.error, entry.order.job.folder.parent), "submitted": entry.submitted, "seed": config.seed, "steps": config.steps,
+            "error": public_error(entry.error, order.job.folder.parent), "submitted": entry.submitted,
+            "seed": config.seed, "steps": config.steps,
             "size": list(config.size), "progress": entry.progress, "parameters": entry.parameters,
             "animation": order.animation, "files": job_files(entry), "parent": order.parent}
 
