@@ -4,6 +4,11 @@ The library raises these; only ``pixgen.cli`` turns them into one-line Click err
 """
 
 
+def one_line(err: BaseException) -> str:
+    """An exception's message on one line."""
+    return " ".join(str(err).split())
+
+
 class PixgenError(Exception):
     """Base class: a problem the user can fix, described in one line."""
 

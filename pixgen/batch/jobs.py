@@ -6,12 +6,21 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from pixgen.batch.gallery import Card, write_gallery
 from pixgen.batch.log import LOG_NAME, BatchLog, is_verified, output_files, remove_stale_temps
 from pixgen.batch.manifest import Job, check_folder
 from pixgen.config import config_to_yaml
-from pixgen.errors import CheckpointError, ConfigError, ModelNotAvailable, OutputError, PixgenError, UnknownModel
+from pixgen.errors import (
+    CheckpointError,
+    ConfigError,
+    ModelNotAvailable,
+    OutputError,
+    PixgenError,
+    UnknownModel,
+    one_line,
+)
 from pixgen.pipeline.runner import (
     CONFIG_NAME,
     STATE_NAME,
@@ -97,6 +106,16 @@ def execute_job(job: Job, on_step: Callable | None = None, device: str | None = 
         return run(config, job.folder, on_step=on_step, resume=read_state(job.folder / STATE_NAME),
                    on_load=on_load)
     return run(config, job.folder, overwrite=True, on_step=on_step, on_load=on_load)
+
+
+def step_report(step, frame: int | None = None, frames: int | None = None) -> dict[str, Any]:
+    """One step's progress for a watcher (``pixgen serve``'s page): step, total, loss, the animation frame if
+    any, and a small preview image (``preview`` bytes of ``preview_type``). Decodes the latents: not every step."""
+    from pixgen.pipeline.output import preview_bytes
+
+    data, media_type = preview_bytes(step.image())
+    return {"step": step.step, "total": step.total, "loss": round(float(step.loss), 6), "frame": frame,
+            "frames": frames, "preview": data, "preview_type": media_type}
 
 
 @contextmanager
@@ -222,7 +241,7 @@ def job_error(batch: Batch, job: Job, err: PixgenError) -> bool:
     """Log a job's error; True when the batch must stop (every later job would fail the same way).
 
     A ConfigError, found only once the job ran, stops the batch with it, after its failure is logged."""
-    batch.failed(job, " ".join(str(err).split()))
+    batch.failed(job, one_line(err))
     if isinstance(err, ConfigError):
         raise err
     return isinstance(err, FATAL)

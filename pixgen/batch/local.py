@@ -13,7 +13,7 @@ from typing import Any
 
 from pixgen.batch.jobs import FATAL, RETRIES, Batch, execute_job, job_error, resume_point, using_threads
 from pixgen.batch.manifest import Job
-from pixgen.errors import ConfigError, PixgenError
+from pixgen.errors import ConfigError, PixgenError, one_line
 
 # What one machine can hold, checked before the batch folder is made (docs/batch.md):
 WORKERS_PER_CORE = 2  # worker processes per usable CPU core at most (more only take turns: pool_note)
@@ -303,10 +303,9 @@ def die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
-def _worker(number: int, device: str | None, threads: int, tasks, results, stop, parent: int | None = None) -> None:
+def _worker(number: int, device: str | None, threads: int, tasks, results, stop, parent: int) -> None:
     """A worker process: take jobs until the queue is empty or the parent says stop."""
-    if parent is not None:
-        die_with_parent(parent)
+    die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; a stop interrupts at the next step
     if device in (None, "cpu"):
         import torch
@@ -329,7 +328,7 @@ def _worker(number: int, device: str | None, threads: int, tasks, results, stop,
             results.put(("failed", index, "stopped before its first step", number))
             return
         except PixgenError as err:
-            results.put(("failed", index, " ".join(str(err).split()), number))
+            results.put(("failed", index, one_line(err), number))
             if isinstance(err, FATAL):
                 return
             continue

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from pixgen.batch.jobs import RETRIES, Batch, execute_job, job_error, resume_point
+from pixgen.batch.jobs import RETRIES, Batch, execute_job, job_error, resume_point, step_report
 from pixgen.batch.manifest import Job, check_folder
 from pixgen.errors import PixgenError
 from pixgen.fileio import atomic_path
@@ -77,12 +77,8 @@ class RayWorker:
             if self.stopping.is_set() or (run_id is not None and self.cancelled == run_id):
                 raise KeyboardInterrupt
             if preview_every is not None and (time.monotonic() - sent >= preview_every or step.step == step.total):
-                from pixgen.pipeline.output import preview_bytes
-
                 sent = time.monotonic()
-                data, media_type = preview_bytes(step.image())
-                self.latest = {"step": step.step, "total": step.total, "loss": round(float(step.loss), 6),
-                               "frame": None, "frames": None, "preview": data, "preview_type": media_type}
+                self.latest = step_report(step)
 
         def on_load(name: str, seconds: float | None) -> None:
             if seconds is not None:

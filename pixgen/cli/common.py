@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from pixgen.config import DEVICE_KINDS, INITS, OPTIMIZERS, PRECISIONS  # no torch: --help stays fast
-from pixgen.errors import ConfigError, PixgenError
+from pixgen.errors import ConfigError, PixgenError, one_line
 
 
 class ConfigProblem(click.ClickException):
@@ -51,11 +51,6 @@ def reports_errors(command):
                        f"{type(err).__name__}: {one_line(err)}", err=True)
             raise
     return wrapper
-
-
-def one_line(err: BaseException) -> str:
-    """An exception's message on one line."""
-    return " ".join(str(err).split())
 
 
 def parse_size(_ctx, _param, value: str | None) -> list[int] | None:

@@ -28,7 +28,7 @@ from pydantic import BaseModel, Field
 
 from pixgen import __version__
 from pixgen.config import MAX_CUT_COUNT, MAX_SIDE, MAX_STEPS, list_presets, preset_path, read_yaml_mapping
-from pixgen.errors import ConfigError, InputError, OutputError, PixgenError
+from pixgen.errors import ConfigError, InputError, OutputError, PixgenError, one_line
 from pixgen.fileio import atomic_path
 from pixgen.serve.guard import MAX_UPLOAD_BYTES, Guard
 from pixgen.serve.studio import FINAL, Busy, Entry, QueueFull, Studio
@@ -124,7 +124,7 @@ def create_app(studio: Studio, pool, *, token: str | None = None, allowed_hosts:
             code = 500
         if isinstance(err, TooMany):
             code = 503
-        return JSONResponse({"detail": " ".join(str(err).split())}, status_code=code)
+        return JSONResponse({"detail": one_line(err)}, status_code=code)
 
     @app.exception_handler(Exception)
     async def internal_error(_request: Request, err: Exception) -> JSONResponse:

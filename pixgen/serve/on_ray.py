@@ -25,7 +25,7 @@ from pixgen.batch.on_ray import (
     store,
     worker_env,
 )
-from pixgen.errors import PixgenError
+from pixgen.errors import PixgenError, one_line
 from pixgen.serve.submit import Order
 
 
@@ -120,12 +120,12 @@ class RayPool:
         if "stopped" in reply:
             self.news.append(("stopped", token, None))
         elif "error" in reply:
-            self.news.append(("failed", token, " ".join(str(reply["error"]).split())))
+            self.news.append(("failed", token, one_line(reply["error"])))
         else:
             try:
                 store(self.root, order.job, reply["files"])
             except PixgenError as err:
-                self.news.append(("failed", token, " ".join(str(err).split())))
+                self.news.append(("failed", token, one_line(err)))
                 return
             self.news.append(("result", token, placed_result(reply["result"], order.job)))
 

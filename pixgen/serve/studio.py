@@ -28,7 +28,7 @@ from pixgen.batch.jobs import RETRIES, Batch
 from pixgen.batch.log import is_verified, output_files
 from pixgen.batch.manifest import Job, check_folder
 from pixgen.config import config_from_mapping, config_to_yaml
-from pixgen.errors import ConfigError, PixgenError
+from pixgen.errors import ConfigError, PixgenError, one_line
 from pixgen.pipeline.runner import RunResult
 from pixgen.serve.submit import Order, public_settings
 
@@ -46,10 +46,6 @@ def _remove_leftovers(root: Path) -> None:
     for path in (root / "uploads").glob(".incoming-*"):
         if path.is_file() and not path.is_symlink():
             path.unlink(missing_ok=True)
-
-
-def one_line(err: BaseException) -> str:
-    return " ".join(str(err).split())
 
 
 class QueueFull(PixgenError):

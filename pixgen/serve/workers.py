@@ -20,13 +20,12 @@ import traceback
 from dataclasses import replace
 from typing import Any
 
-from pixgen.batch.jobs import execute_job, resume_point
+from pixgen.batch.jobs import execute_job, resume_point, step_report
 from pixgen.batch.local import die_with_parent
-from pixgen.errors import PixgenError
+from pixgen.errors import PixgenError, one_line
 from pixgen.pipeline.runner import RunResult
 from pixgen.serve.submit import Order, animation_plan
 
-PREVIEW_SIDE = 256  # pixels of a preview's longer side at most
 EARLY_DEATH = 10.0  # seconds: a worker that ends sooner after its start is started again only after a pause
 MAX_PAUSE = 60.0
 
@@ -157,7 +156,7 @@ def _worker(number: int, device: str | None, threads: int, preview_every: float,
             results.put(("stopped", token, None, number))
             continue
         except PixgenError as err:
-            results.put(("failed", token, " ".join(str(err).split()), number))
+            results.put(("failed", token, one_line(err), number))
             continue
         except Exception as err:  # a bug: the job fails, the worker goes on, the operator sees the traceback
             traceback.print_exc(file=sys.stderr)
@@ -181,7 +180,7 @@ class _Reporter:
 
     def __init__(self, token: int, number: int, results, every: float, stopping):
         self.token, self.number, self.results, self.every, self.stopping = token, number, results, every, stopping
-        self.sent, self.frames, self.frames_done, self.pending = 0.0, None, None, None
+        self.sent, self.frames, self.frames_done = 0.0, None, None
 
     def step(self, step) -> None:
         if self.stopping():
@@ -195,16 +194,7 @@ class _Reporter:
         self.frames, self.frames_done = done.total, done.frame + 1
 
     def _payload(self, step) -> dict[str, Any]:
-        return {"step": step.step, "total": step.total, "loss": round(float(step.loss), 6),
-                "frame": self.frames_done, "frames": self.frames, **preview(step)}
-
-
-def preview(step) -> dict[str, Any]:
-    """The step's image as a small preview for the page."""
-    from pixgen.pipeline.output import preview_bytes
-
-    data, media_type = preview_bytes(step.image(), PREVIEW_SIDE)
-    return {"preview": data, "preview_type": media_type}
+        return step_report(step, self.frames_done, self.frames)
 
 
 def execute_order(order: Order, on_step, on_frame, device: str | None) -> RunResult:
